@@ -1,0 +1,178 @@
+//! The HTTP side of one node: ARI REST requests over a keep-alive connection pool.
+//!
+//! One client per node, so a slow or dead node only exhausts its own pool. Every failure is
+//! classified into [`AriError`] here, once: transport problems become `unavailable` or
+//! `timeout`, HTTP statuses map as Asterisk uses them (see `AriError::from_status`).
+
+use std::time::Duration;
+
+use reqwest::{Client, Method, StatusCode};
+
+use crate::backend::AriError;
+
+/// A response from a node, status and body as sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AriResponse {
+    pub status: u16,
+    pub body: String,
+}
+
+impl AriResponse {
+    /// The body parsed as JSON (`Null` when empty or not JSON).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+/// ARI REST client for one node.
+#[derive(Debug, Clone)]
+pub struct AriClient {
+    http: Client,
+    base: String,
+    username: String,
+    password: String,
+    node: String,
+}
+
+impl AriClient {
+    /// `base` ends in `/ari`. `node` names the node in error messages.
+    pub fn new(
+        node: &str,
+        base: &str,
+        username: &str,
+        password: &str,
+        connect_timeout: Duration,
+        request_timeout: Duration,
+    ) -> AriClient {
+        let http = Client::builder()
+            .connect_timeout(connect_timeout)
+            .timeout(request_timeout)
+            .pool_idle_timeout(Duration::from_secs(60))
+            .tcp_nodelay(true)
+            .build()
+            .expect("reqwest client with static settings");
+        AriClient {
+            http,
+            base: base.trim_end_matches('/').to_string(),
+            username: username.to_string(),
+            password: password.to_string(),
+            node: node.to_string(),
+        }
+    }
+
+    /// The base URL (`…/ari`).
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    /// Sends one request; `path` is relative to `/ari` and starts with `/`. Returns the
+    /// response for any status; only transport failures are errors.
+    pub async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<AriResponse, AriError> {
+        let mut request = self
+            .http
+            .request(method.clone(), format!("{}{}", self.base, path))
+            .basic_auth(&self.username, Some(&self.password));
+        if !query.is_empty() {
+            request = request.query(query);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.map_err(|e| self.transport_error(&method, path, e))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| self.transport_error(&method, path, e))?;
+        Ok(AriResponse { status, body })
+    }
+
+    /// Sends one request and turns a non-2xx status into a typed error carrying Asterisk's
+    /// message.
+    pub async fn call(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<AriResponse, AriError> {
+        let response = self.send(method, path, query, body).await?;
+        if StatusCode::from_u16(response.status).is_ok_and(|s| s.is_success()) {
+            Ok(response)
+        } else {
+            Err(AriError::from_status(response.status, error_message(&response)))
+        }
+    }
+
+    fn transport_error(&self, method: &Method, path: &str, e: reqwest::Error) -> AriError {
+        let what = format!("{method} {path} on node {}", self.node);
+        if e.is_timeout() {
+            AriError::Timeout(format!("{what}: no answer in time"))
+        } else {
+            AriError::Unavailable(format!("{what}: {e}"))
+        }
+    }
+}
+
+/// Asterisk's error text: `{"message": …}`, `{"error": …}` (some 500s), or the raw body
+/// (503 during shutdown is text/html).
+pub fn error_message(response: &AriResponse) -> String {
+    match response.json() {
+        serde_json::Value::Object(map) => map
+            .get("message")
+            .or_else(|| map.get("error"))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+            .unwrap_or_else(|| response.body.clone()),
+        _ if response.body.trim().is_empty() => format!("HTTP {}", response.status),
+        _ => response.body.trim().chars().take(200).collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resp(status: u16, body: &str) -> AriResponse {
+        AriResponse { status, body: body.into() }
+    }
+
+    #[test]
+    fn error_messages_follow_asterisk_shapes() {
+        assert_eq!(error_message(&resp(404, r#"{"message": "Channel not found"}"#)), "Channel not found");
+        assert_eq!(error_message(&resp(500, r#"{"error": "Allocation failed"}"#)), "Allocation failed");
+        assert_eq!(error_message(&resp(503, "<html>Shutdown in progress</html>\n")), "<html>Shutdown in progress</html>");
+        assert_eq!(error_message(&resp(502, "")), "HTTP 502");
+    }
+
+    #[test]
+    fn statuses_classify_like_asterisk_uses_them() {
+        use AriError::*;
+        assert!(matches!(AriError::from_status(404, "Channel not found".into()), NotFound(_)));
+        assert!(matches!(AriError::from_status(400, "Channel not found".into()), NotFound(_)));
+        assert!(matches!(AriError::from_status(400, "Endpoint must be specified".into()), Invalid(_)));
+        assert!(matches!(AriError::from_status(409, "Channel not in Stasis application".into()), Conflict(_)));
+        assert!(matches!(AriError::from_status(422, "Channel not in Stasis application".into()), Conflict(_)));
+        assert!(matches!(AriError::from_status(503, "Shutdown".into()), Unavailable(_)));
+        assert!(matches!(AriError::from_status(500, "Allocation failed".into()), Failed(_)));
+    }
+
+    #[tokio::test]
+    async fn refused_connection_is_unavailable() {
+        // Bind then drop to get a port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let client = AriClient::new(
+            "a",
+            &format!("http://127.0.0.1:{port}/ari"),
+            "u",
+            "p",
+            Duration::from_millis(200),
+            Duration::from_millis(500),
+        );
+        let err = client.call(Method::GET, "/asterisk/info", &[], None).await.unwrap_err();
+        assert!(matches!(err, AriError::Unavailable(ref m) if m.contains("node a")), "{err:?}");
+    }
+}

@@ -1,0 +1,304 @@
+//! The host's configuration: a TOML file, overridden by `STASIS_`-prefixed environment
+//! variables, validated before anything starts.
+//!
+//! Nodes and apps are keyed tables (`[nodes.a]`, `[apps.conf]`) rather than arrays so that
+//! every field has a stable environment name: `STASIS_NODES__A__PASSWORD=…` overrides
+//! `nodes.a.password`, which is how deployments keep secrets out of the file.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Toml};
+use serde::Deserialize;
+
+/// A configuration that cannot be used, with the field at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration: {0}")]
+    Load(#[from] Box<figment::Error>),
+    #[error("invalid configuration: {field}: {reason}")]
+    Invalid { field: String, reason: String },
+}
+
+fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { field: field.into(), reason: reason.into() }
+}
+
+/// How the host hears a node's events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Intake {
+    /// One ARI websocket per node (`/ari/events`).
+    #[default]
+    Websocket,
+}
+
+/// One Asterisk node.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// ARI base URL, e.g. `http://10.0.0.11:8088/ari` (`/ari` is added when missing).
+    pub ari_url: String,
+    pub username: String,
+    pub password: String,
+    /// Endpoint template this node dials to reach another node, for conference trunk legs.
+    /// `{exten}` is the extension, `{node}` the other node's name.
+    #[serde(default = "default_trunk")]
+    pub trunk: String,
+    #[serde(default)]
+    pub intake: Intake,
+}
+
+fn default_trunk() -> String {
+    "PJSIP/{exten}@trunk-{node}".to_string()
+}
+
+/// What the host does with a call whose app faulted (trap, deadline, memory).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum OnFault {
+    /// Hang the call up.
+    #[default]
+    Hangup,
+    /// Continue the call in the dialplan, where it entered Stasis.
+    Continue,
+}
+
+/// One app to load at start-up.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Path of the compiled component (`.wasm`).
+    pub wasm: PathBuf,
+    #[serde(default = "default_app_calls")]
+    pub max_live_calls: usize,
+    #[serde(default = "default_memory_mb")]
+    pub memory_mb: usize,
+    #[serde(default = "default_deadline_ms")]
+    pub callback_deadline_ms: u64,
+    #[serde(default)]
+    pub on_fault: OnFault,
+}
+
+fn default_app_calls() -> usize {
+    1000
+}
+fn default_memory_mb() -> usize {
+    16
+}
+fn default_deadline_ms() -> u64 {
+    1000
+}
+
+/// Timeouts and caps that apply to the whole host.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Per ARI request.
+    pub request_timeout_ms: u64,
+    /// Per TCP connect to a node.
+    pub connect_timeout_ms: u64,
+    /// How long a node may stay unreachable before the host ends its calls.
+    pub node_grace_ms: u64,
+    /// Longest wait between reconnection attempts to a node.
+    pub max_reconnect_ms: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { request_timeout_ms: 5000, connect_timeout_ms: 2000, node_grace_ms: 5000, max_reconnect_ms: 10_000 }
+    }
+}
+
+impl Limits {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn node_grace(&self) -> Duration {
+        Duration::from_millis(self.node_grace_ms)
+    }
+    pub fn max_reconnect(&self) -> Duration {
+        Duration::from_millis(self.max_reconnect_ms)
+    }
+}
+
+/// Addresses the host listens on.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Listen {
+    /// Admin HTTP API (health, apps). None: not served.
+    pub admin: Option<SocketAddr>,
+}
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub nodes: BTreeMap<String, NodeConfig>,
+    #[serde(default)]
+    pub apps: BTreeMap<String, AppConfig>,
+    #[serde(default)]
+    pub limits: Limits,
+    #[serde(default)]
+    pub listen: Listen,
+}
+
+impl Config {
+    /// Reads `path`, applies `STASIS_*` environment overrides, validates.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::file_exact(path)).merge(Env::prefixed("STASIS_").split("__")))
+    }
+
+    /// Parses a TOML document (no environment), validates. For tests and embedded configs.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        Self::from_figment(Figment::from(Toml::string(text)))
+    }
+
+    fn from_figment(figment: Figment) -> Result<Config, ConfigError> {
+        let config: Config = figment.extract().map_err(Box::new)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what serde cannot: names, URLs, templates, ranges.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.nodes.is_empty() {
+            return Err(invalid("nodes", "at least one node is required ([nodes.NAME] with ari_url, username, password)"));
+        }
+        for (name, node) in &self.nodes {
+            let field = |f: &str| format!("nodes.{name}.{f}");
+            if !valid_name(name) {
+                return Err(invalid(format!("nodes.{name}"), "node names use letters, digits, '-' and '_'"));
+            }
+            let url = reqwest::Url::parse(&node.ari_url).map_err(|e| invalid(field("ari_url"), e.to_string()))?;
+            if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
+                return Err(invalid(field("ari_url"), "must be an http:// or https:// URL with a host"));
+            }
+            if node.username.is_empty() {
+                return Err(invalid(field("username"), "must not be empty"));
+            }
+            if !node.trunk.contains("{exten}") {
+                return Err(invalid(field("trunk"), "must contain {exten}, e.g. PJSIP/{exten}@trunk-{node}"));
+            }
+        }
+        for (name, app) in &self.apps {
+            let field = |f: &str| format!("apps.{name}.{f}");
+            if !valid_name(name) {
+                return Err(invalid(format!("apps.{name}"), "app names use letters, digits, '-' and '_'"));
+            }
+            if app.max_live_calls == 0 {
+                return Err(invalid(field("max_live_calls"), "must be at least 1"));
+            }
+            if !(1..=4096).contains(&app.memory_mb) {
+                return Err(invalid(field("memory_mb"), "must be between 1 and 4096"));
+            }
+            if app.callback_deadline_ms == 0 {
+                return Err(invalid(field("callback_deadline_ms"), "must be at least 1"));
+            }
+        }
+        if self.limits.request_timeout_ms == 0 || self.limits.connect_timeout_ms == 0 {
+            return Err(invalid("limits", "timeouts must be at least 1 ms"));
+        }
+        Ok(())
+    }
+}
+
+impl NodeConfig {
+    /// The ARI base URL, always ending in `/ari` without a trailing slash.
+    pub fn ari_base(&self) -> String {
+        let trimmed = self.ari_url.trim_end_matches('/');
+        if trimmed.ends_with("/ari") { trimmed.to_string() } else { format!("{trimmed}/ari") }
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [nodes.a]
+        ari_url = "http://127.0.0.1:8088"
+        username = "asterisk"
+        password = "secret"
+
+        [nodes.b]
+        ari_url = "http://127.0.0.1:8089/ari/"
+        username = "asterisk"
+        password = "secret"
+        trunk = "PJSIP/{exten}@to-{node}"
+
+        [apps.conf]
+        wasm = "conference.wasm"
+        on_fault = "continue"
+
+        [limits]
+        request_timeout_ms = 300
+    "#;
+
+    #[test]
+    fn parses_nodes_apps_and_defaults() {
+        let c = Config::from_toml(GOOD).unwrap();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.nodes["a"].ari_base(), "http://127.0.0.1:8088/ari");
+        assert_eq!(c.nodes["b"].ari_base(), "http://127.0.0.1:8089/ari");
+        assert_eq!(c.nodes["a"].trunk, "PJSIP/{exten}@trunk-{node}");
+        assert_eq!(c.apps["conf"].on_fault, OnFault::Continue);
+        assert_eq!(c.apps["conf"].max_live_calls, 1000);
+        assert_eq!(c.limits.request_timeout_ms, 300);
+        assert_eq!(c.limits.node_grace_ms, 5000);
+    }
+
+    fn err(text: &str) -> String {
+        Config::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn clear_errors_name_the_field() {
+        assert!(err("").contains("nodes"), "{}", err(""));
+        let bad_url = r#"[nodes.a]
+            ari_url = "ftp://x"
+            username = "u"
+            password = "p""#;
+        assert!(err(bad_url).contains("nodes.a.ari_url"), "{}", err(bad_url));
+        let unknown = r#"[nodes.a]
+            ari_url = "http://x:1"
+            username = "u"
+            password = "p"
+            pasword = "typo""#;
+        assert!(err(unknown).contains("pasword"), "{}", err(unknown));
+        let trunk = r#"[nodes.a]
+            ari_url = "http://x:1"
+            username = "u"
+            password = "p"
+            trunk = "PJSIP/trunk""#;
+        assert!(err(trunk).contains("nodes.a.trunk"), "{}", err(trunk));
+        let app = format!("{GOOD}\n[apps.x]\nwasm = \"x.wasm\"\nmax_live_calls = 0\n");
+        assert!(err(&app).contains("apps.x.max_live_calls"), "{}", err(&app));
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let dir = std::env::temp_dir().join(format!("stasis-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("host.toml");
+        std::fs::write(&path, GOOD).unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STASIS_NODES__A__PASSWORD", "from-env");
+            let c = Config::load(&path).map_err(|e| e.to_string())?;
+            assert_eq!(c.nodes["a"].password, "from-env");
+            assert_eq!(c.nodes["b"].password, "secret");
+            Ok(())
+        });
+        assert!(Config::load(&dir.join("missing.toml")).unwrap_err().to_string().contains("missing.toml"));
+    }
+}

@@ -1,0 +1,356 @@
+//! Dispatch: turns the nodes' events into calls and callbacks.
+//!
+//! One task reads intake (every node's events, each node in its own order) and owns the
+//! table of live calls: channel id → the app version and instance handling it. It never
+//! waits on an app or a node: delivering to a call only queues the event for that call's own
+//! task, so the events of one call are handled in order while different calls run
+//! concurrently, and a slow app never delays another call.
+//!
+//! It also keeps the ownership index current from the events it sees, ends the calls of a
+//! node that stays down past its grace period, and after a node returns reconciles the
+//! calls it believed alive with the channels the node actually has.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use reqwest::Method;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+use crate::backend::{AriBackend, Operation, Origin};
+use crate::catalog::Catalog;
+use crate::cluster::{Cluster, Node};
+use crate::event::{self, Event, Kind};
+use crate::ingress::Intake;
+use crate::ownership::Ownership;
+use crate::runtime::{
+    App, CallContext, CallEvent, CallHandle, CallerId, ChannelSnapshot, ChannelState, NodeEvent, NodeStatus,
+    PlaybackInfo, PlaybackState, StartError,
+};
+
+/// A call in progress.
+struct LiveCall {
+    app: Arc<App>,
+    handle: CallHandle,
+    node: String,
+    up: bool,
+}
+
+/// Messages dispatch sends itself from timers and background lookups.
+enum Internal {
+    GraceExpired { node: String },
+    Reconciled { node: String, alive: HashSet<String> },
+}
+
+/// The dispatcher; see the module docs.
+pub struct Dispatch {
+    catalog: Arc<Catalog>,
+    cluster: Arc<Cluster>,
+    ownership: Arc<Ownership>,
+    backend: Arc<dyn AriBackend>,
+    grace: Duration,
+    calls: HashMap<String, LiveCall>,
+    internal_tx: mpsc::UnboundedSender<Internal>,
+    internal_rx: mpsc::UnboundedReceiver<Internal>,
+}
+
+impl Dispatch {
+    pub fn new(
+        catalog: Arc<Catalog>,
+        cluster: Arc<Cluster>,
+        ownership: Arc<Ownership>,
+        backend: Arc<dyn AriBackend>,
+        grace: Duration,
+    ) -> Dispatch {
+        let (internal_tx, internal_rx) = mpsc::unbounded_channel();
+        Dispatch { catalog, cluster, ownership, backend, grace, calls: HashMap::new(), internal_tx, internal_rx }
+    }
+
+    /// Runs until intake closes.
+    pub async fn run(mut self, mut intake: mpsc::Receiver<Intake>) {
+        loop {
+            tokio::select! {
+                message = intake.recv() => match message {
+                    Some(Intake::Event { node, event }) => self.on_event(&node, event),
+                    Some(Intake::NodeUp(node)) => self.on_node_up(&node),
+                    Some(Intake::NodeDown(node)) => self.on_node_down(&node),
+                    None => break,
+                },
+                Some(internal) = self.internal_rx.recv() => match internal {
+                    Internal::GraceExpired { node } => self.on_grace_expired(&node),
+                    Internal::Reconciled { node, alive } => self.on_reconciled(&node, &alive),
+                },
+            }
+        }
+        for (_, call) in self.calls.drain() {
+            call.handle.deliver(CallEvent::End, None);
+        }
+    }
+
+    fn on_event(&mut self, node: &Arc<Node>, event: Event) {
+        debug!(node = %node.name, kind = %event.kind_name, channel = ?event.channel().map(|c| &c.id), "event");
+        // Keep the index current first, so an app's request made while handling this very
+        // event already routes right.
+        self.track_ownership(node, &event);
+        match &event.kind {
+            Kind::StasisStart { channel, args } => self.start(node, &event, channel, args),
+            Kind::StasisEnd { channel } => {
+                if let Some(call) = self.calls.remove(&channel.id) {
+                    call.handle.deliver(CallEvent::End, Some(snapshot(channel)));
+                    self.ownership.forget_playbacks_of(&channel.id);
+                }
+            }
+            Kind::ChannelStateChange { channel } => {
+                if let Some(call) = self.calls.get_mut(&channel.id) {
+                    if channel.state == "Up" && !call.up {
+                        call.up = true;
+                        call.handle.deliver(CallEvent::Up, Some(snapshot(channel)));
+                    } else {
+                        call.handle.deliver(other(&event), Some(snapshot(channel)));
+                    }
+                }
+            }
+            Kind::ChannelDtmfReceived { channel, digit, duration_ms } => {
+                if let Some(call) = self.calls.get(&channel.id) {
+                    let dtmf = CallEvent::Dtmf { digit: digit.clone(), duration_ms: *duration_ms };
+                    call.handle.deliver(dtmf, Some(snapshot(channel)));
+                }
+            }
+            Kind::PlaybackFinished { playback } => {
+                let owner = self.ownership.take_playback(&playback.id).map(|o| o.channel).or_else(|| {
+                    playback.target_uri.strip_prefix("channel:").map(str::to_string)
+                });
+                if let Some(call) = owner.and_then(|c| self.calls.get(&c)) {
+                    call.handle.deliver(CallEvent::PlaybackFinished(playback_info(playback)), None);
+                }
+            }
+            Kind::ChannelEnteredBridge { bridge, channel } => {
+                if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
+                    // The call joined this bridge: its app may act on it.
+                    call.app.grant_bridge(&bridge.id);
+                    call.handle.deliver(other(&event), channel.as_ref().map(snapshot));
+                }
+            }
+            Kind::BridgeDestroyed { bridge } => {
+                for app in self.catalog.all() {
+                    app.revoke_bridge(&bridge.id);
+                }
+                for call in self.calls.values() {
+                    call.app.revoke_bridge(&bridge.id);
+                }
+            }
+            Kind::ChannelDestroyed { channel } => {
+                if let Some(call) = self.calls.get(&channel.id) {
+                    call.handle.deliver(other(&event), Some(snapshot(channel)));
+                } else {
+                    // An originated channel that never became a call: drop the app's grant.
+                    if let Some(app) = self.catalog.get(&event.application) {
+                        app.revoke_channel(&channel.id);
+                    }
+                }
+            }
+            Kind::ApplicationReplaced => {
+                warn!(node = %node.name, app = %event.application,
+                    "another ARI client took app {} on node {}: its events no longer reach this host",
+                    event.application, node.name);
+            }
+            Kind::ChannelLeftBridge { channel, .. } => {
+                if let Some(call) = self.calls.get(&channel.id) {
+                    call.handle.deliver(other(&event), Some(snapshot(channel)));
+                }
+            }
+            Kind::Other { channel } => {
+                if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
+                    call.handle.deliver(other(&event), None);
+                }
+            }
+        }
+    }
+
+    fn track_ownership(&self, node: &Node, event: &Event) {
+        match &event.kind {
+            // After StasisEnd the app no longer hears about the channel, so ChannelDestroyed
+            // may never come: forget it now; the router looks it up again if ever needed.
+            Kind::ChannelDestroyed { channel } | Kind::StasisEnd { channel } => {
+                self.ownership.forget_channel(&channel.id)
+            }
+            Kind::BridgeDestroyed { bridge } => self.ownership.forget_bridge_part(&bridge.id, &node.name),
+            Kind::ChannelEnteredBridge { bridge, channel } => {
+                if self.ownership.bridge(&bridge.id).is_none_or(|p| !p.nodes.contains(&node.name)) {
+                    self.ownership.record_bridge(&bridge.id, crate::backend::BridgeType::Mixing, &node.name);
+                }
+                if let Some(channel) = channel {
+                    self.ownership.record_channel(&channel.id, &node.name);
+                }
+            }
+            _ => {
+                if let Some(channel) = event.channel() {
+                    self.ownership.record_channel(&channel.id, &node.name);
+                }
+            }
+        }
+    }
+
+    fn start(&mut self, node: &Arc<Node>, event: &Event, channel: &event::Channel, args: &[String]) {
+        if self.calls.contains_key(&channel.id) {
+            debug!(channel = %channel.id, "duplicate StasisStart ignored");
+            return;
+        }
+        let asterisk_id = node.asterisk_id().unwrap_or_else(|| event.asterisk_id.clone());
+        let Some(app) = self.catalog.get(&event.application) else {
+            // The app was removed while the node still routed a call to it: let the dialplan
+            // carry on rather than leave the caller in silence.
+            warn!(node = %node.name, app = %event.application, channel = %channel.id,
+                "call for an app that is not loaded: continuing it in the dialplan");
+            self.send_for(&event.application, &asterisk_id, &channel.id, Operation::Continue {
+                channel: channel.id.clone(),
+                context: None,
+                exten: None,
+                priority: None,
+            });
+            return;
+        };
+        let ctx = CallContext {
+            app: event.application.clone(),
+            node: asterisk_id.clone(),
+            channel: snapshot(channel),
+            args: args.to_vec(),
+        };
+        match app.start_call(ctx) {
+            Ok(handle) => {
+                let up = channel.state == "Up";
+                if up {
+                    handle.deliver(CallEvent::Up, None);
+                }
+                self.calls.insert(channel.id.clone(), LiveCall { app, handle, node: node.name.clone(), up });
+            }
+            Err(StartError::AtCapacity { .. }) => {
+                warn!(node = %node.name, app = %event.application, channel = %channel.id,
+                    "app at its live-call cap: rejecting the call with congestion");
+                self.send_for(&event.application, &asterisk_id, &channel.id, Operation::Hangup {
+                    channel: channel.id.clone(),
+                    reason: Some("congestion".into()),
+                });
+            }
+            Err(e) => {
+                warn!(node = %node.name, app = %event.application, channel = %channel.id, error = %e,
+                    "cannot start the call: hanging up");
+                self.send_for(&event.application, &asterisk_id, &channel.id, Operation::Hangup {
+                    channel: channel.id.clone(),
+                    reason: None,
+                });
+            }
+        }
+    }
+
+    /// Sends an operation on the host's own behalf (not an app's), off the dispatch loop.
+    fn send_for(&self, app: &str, node: &str, channel: &str, op: Operation) {
+        let backend = self.backend.clone();
+        let origin = Origin { app: app.to_string(), node: node.to_string(), channel: channel.to_string() };
+        tokio::spawn(async move {
+            if let Err(e) = backend.execute(&origin, op.clone()).await {
+                warn!(channel = %origin.channel, error = %e, ?op, "host operation failed");
+            }
+        });
+    }
+
+    fn notify_node(&self, node: &Node, status: NodeStatus) {
+        let event = NodeEvent { node: node.asterisk_id().unwrap_or_default(), name: node.name.clone(), status };
+        for call in self.calls.values() {
+            call.handle.deliver(CallEvent::Node(event.clone()), None);
+        }
+    }
+
+    fn on_node_up(&mut self, node: &Arc<Node>) {
+        info!(node = %node.name, "node up");
+        self.notify_node(node, NodeStatus::Up);
+        if !self.calls.values().any(|c| c.node == node.name) {
+            return;
+        }
+        // The node may have restarted or dropped calls while we were away: ask it.
+        let (node, tx) = (node.clone(), self.internal_tx.clone());
+        tokio::spawn(async move {
+            match node.client.call(Method::GET, "/channels", &[], None).await {
+                Ok(response) => {
+                    let alive = response
+                        .json()
+                        .as_array()
+                        .map(|channels| {
+                            channels.iter().filter_map(|c| c["id"].as_str().map(str::to_string)).collect()
+                        })
+                        .unwrap_or_default();
+                    let _ = tx.send(Internal::Reconciled { node: node.name.clone(), alive });
+                }
+                Err(e) => warn!(node = %node.name, error = %e, "cannot list channels to reconcile"),
+            }
+        });
+    }
+
+    fn on_node_down(&mut self, node: &Arc<Node>) {
+        warn!(node = %node.name, grace = ?self.grace, "node down");
+        self.notify_node(node, NodeStatus::Down);
+        let (name, tx, grace) = (node.name.clone(), self.internal_tx.clone(), self.grace);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = tx.send(Internal::GraceExpired { node: name });
+        });
+    }
+
+    fn on_grace_expired(&mut self, node: &str) {
+        if self.cluster.node(node).is_some_and(|n| n.is_up()) {
+            return;
+        }
+        let ended = self.end_calls(node, |_| true);
+        if ended > 0 {
+            warn!(node, calls = ended, "node stayed down past its grace period: its calls are ended");
+        }
+        self.ownership.forget_node(node);
+    }
+
+    fn on_reconciled(&mut self, node: &str, alive: &HashSet<String>) {
+        let ended = self.end_calls(node, |channel| !alive.contains(channel));
+        if ended > 0 {
+            info!(node, calls = ended, "reconciled: calls whose channels vanished are ended");
+        }
+    }
+
+    /// Ends the calls on `node` whose channel matches; returns how many.
+    fn end_calls(&mut self, node: &str, ends: impl Fn(&str) -> bool) -> usize {
+        let gone: Vec<String> =
+            self.calls.iter().filter(|(id, c)| c.node == node && ends(id)).map(|(id, _)| id.clone()).collect();
+        for id in &gone {
+            if let Some(call) = self.calls.remove(id) {
+                call.handle.deliver(CallEvent::End, None);
+                self.ownership.forget_channel(id);
+                self.ownership.forget_playbacks_of(id);
+            }
+        }
+        gone.len()
+    }
+}
+
+fn other(event: &Event) -> CallEvent {
+    CallEvent::Other { kind: event.kind_name.clone(), json: event.raw.to_string() }
+}
+
+fn snapshot(channel: &event::Channel) -> ChannelSnapshot {
+    ChannelSnapshot {
+        id: channel.id.clone(),
+        name: channel.name.clone(),
+        state: ChannelState::from_ari(&channel.state),
+        caller: CallerId { name: channel.caller.name.clone(), number: channel.caller.number.clone() },
+        connected: CallerId { name: channel.connected.name.clone(), number: channel.connected.number.clone() },
+        context: channel.dialplan.context.clone(),
+        exten: channel.dialplan.exten.clone(),
+    }
+}
+
+fn playback_info(playback: &event::Playback) -> PlaybackInfo {
+    PlaybackInfo {
+        id: playback.id.clone(),
+        media_uri: playback.media_uri.clone(),
+        target_uri: playback.target_uri.clone(),
+        state: if playback.state == "failed" { PlaybackState::Failed } else { PlaybackState::Done },
+    }
+}

@@ -1,0 +1,121 @@
+//! The assembled host: nodes, intake, dispatch, router and runtime wired together.
+//!
+//! Data flows one way: ingress (one task per node) → dispatch (one task) → call instances
+//! (one task per call) → router → the owning node. This module only builds that pipeline
+//! and hands out the pieces a caller (the CLI, the demo, tests) needs to observe or feed it.
+
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::info;
+
+use crate::backend::AriBackend;
+use crate::catalog::Catalog;
+use crate::cluster::Cluster;
+use crate::config::{AppConfig, Config, OnFault};
+use crate::dispatch::Dispatch;
+use crate::ingress;
+use crate::ownership::Ownership;
+use crate::router::Router;
+use crate::runtime::{App, AppSettings, FaultPolicy, Runtime, RuntimeConfig, RuntimeError};
+
+/// Why the host could not start or load an app.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Runtime(#[from] RuntimeError),
+    #[error("app {app}: cannot read {path}: {source}")]
+    ReadApp {
+        app: String,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Events queued between intake and dispatch before intake waits (backpressure onto the
+/// node sockets rather than unbounded memory).
+const INTAKE_QUEUE: usize = 16 * 1024;
+
+/// A running host.
+pub struct Gateway {
+    pub config: Config,
+    pub cluster: Arc<Cluster>,
+    pub ownership: Arc<Ownership>,
+    pub catalog: Arc<Catalog>,
+    pub router: Arc<Router>,
+    pub runtime: Arc<Runtime>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Gateway {
+    /// Starts intake for every node and dispatch, then loads the configured apps. Nodes that
+    /// are not up yet are waited for in the background; start-up never fails on them.
+    pub async fn start(config: Config, runtime: RuntimeConfig) -> Result<Gateway, GatewayError> {
+        let runtime = Arc::new(Runtime::new(runtime)?);
+        let cluster = Arc::new(Cluster::from_config(&config));
+        let ownership = Arc::new(Ownership::new());
+        let catalog = Arc::new(Catalog::new());
+        let router = Arc::new(Router::new(cluster.clone(), ownership.clone()));
+        let (tx, rx) = mpsc::channel(INTAKE_QUEUE);
+        let mut tasks = Vec::new();
+        let dispatch = Dispatch::new(
+            catalog.clone(),
+            cluster.clone(),
+            ownership.clone(),
+            router.clone() as Arc<dyn AriBackend>,
+            config.limits.node_grace(),
+        );
+        tasks.push(tokio::spawn(dispatch.run(rx)));
+        for node in cluster.nodes() {
+            tasks.push(tokio::spawn(ingress::run_node(
+                node.clone(),
+                cluster.clone(),
+                catalog.watch_names(),
+                tx.clone(),
+                config.limits.max_reconnect(),
+            )));
+        }
+        let gateway = Gateway { config, cluster, ownership, catalog, router, runtime, tasks };
+        for (name, app) in gateway.config.apps.clone() {
+            let wasm = tokio::fs::read(&app.wasm).await.map_err(|source| GatewayError::ReadApp {
+                app: name.clone(),
+                path: app.wasm.display().to_string(),
+                source,
+            })?;
+            gateway.load_app(&name, wasm, settings(&app)).await?;
+        }
+        Ok(gateway)
+    }
+
+    /// Compiles `wasm` off the event path, loads it and makes it serve new calls of `name`.
+    pub async fn load_app(&self, name: &str, wasm: Vec<u8>, settings: AppSettings) -> Result<Arc<App>, RuntimeError> {
+        let started = std::time::Instant::now();
+        let artifact = self.runtime.compile(wasm).await?;
+        let app = self.runtime.load(name, &artifact, settings, self.router.clone() as Arc<dyn AriBackend>)?;
+        self.catalog.activate(name, app.clone());
+        info!(app = name, compile_ms = started.elapsed().as_millis() as u64, "app loaded");
+        Ok(app)
+    }
+
+    /// Stops every task; calls in progress are dropped.
+    pub fn shutdown(self) {
+        for task in self.tasks {
+            task.abort();
+        }
+    }
+}
+
+/// Runtime settings of a configured app.
+pub fn settings(app: &AppConfig) -> AppSettings {
+    AppSettings {
+        max_live_calls: app.max_live_calls,
+        max_memory_bytes: app.memory_mb << 20,
+        callback_deadline: std::time::Duration::from_millis(app.callback_deadline_ms),
+        on_fault: match app.on_fault {
+            OnFault::Hangup => FaultPolicy::Hangup,
+            OnFault::Continue => FaultPolicy::Continue,
+        },
+    }
+}

@@ -1,0 +1,18 @@
+//! stasis-host: runs Asterisk ARI telephony apps as sandboxed WebAssembly components
+//! across a cluster of Asterisk nodes, as if the cluster were one PBX.
+//!
+//! See ARCHITECTURE.md at the repository root for the map of the code.
+
+pub mod ari_client;
+pub mod backend;
+pub mod catalog;
+pub mod cluster;
+pub mod config;
+pub mod demo;
+pub mod dispatch;
+pub mod event;
+pub mod gateway;
+pub mod ingress;
+pub mod ownership;
+pub mod router;
+pub mod runtime;

@@ -1,0 +1,207 @@
+//! Test support shared by the runtime's tests, the host's end-to-end tests and the
+//! benchmark: a [`RecordingBackend`] and helpers that build and find the plugins.
+//!
+//! Public (not `#[cfg(test)]`) because integration tests and benches are separate crates.
+
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+
+use crate::backend::{AriBackend, AriError, BoxFuture, Operation, Origin, Outcome};
+
+type DelayFilter = dyn Fn(&Operation) -> bool + Send + Sync;
+type Responder = dyn Fn(&Origin, &Operation) -> Option<Result<Outcome, AriError>> + Send + Sync;
+
+/// A backend that records every operation and answers with scripted outcomes.
+///
+/// Default outcomes: `Value(id)` for id-returning operations (the bridge id, the runtime's
+/// playback or channel id, the recording name), `Value("value-of-<name>")` for
+/// `GetVariable`, `Raw{200, "{}"}` for raw requests, `Done` otherwise. A responder set with
+/// [`RecordingBackend::respond_with`] overrides them when it returns `Some`.
+#[derive(Default)]
+pub struct RecordingBackend {
+    ops: Mutex<Vec<(Origin, Operation)>>,
+    responder: Mutex<Option<Arc<Responder>>>,
+    delay: Mutex<Option<(Duration, Arc<DelayFilter>)>>,
+    changed: tokio::sync::Notify,
+}
+
+impl RecordingBackend {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Everything executed so far, in order.
+    pub fn operations(&self) -> Vec<(Origin, Operation)> {
+        self.ops.lock().clone()
+    }
+
+    /// The operations a given call (its channel id) made, in order.
+    pub fn operations_of(&self, channel: &str) -> Vec<Operation> {
+        self.ops
+            .lock()
+            .iter()
+            .filter(|(o, _)| o.channel == channel)
+            .map(|(_, op)| op.clone())
+            .collect()
+    }
+
+    pub fn len(&self) -> usize {
+        self.ops.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn clear(&self) {
+        self.ops.lock().clear();
+    }
+
+    /// Scripts outcomes: `f` returns `Some(outcome)` to override the default.
+    pub fn respond_with(
+        &self,
+        f: impl Fn(&Origin, &Operation) -> Option<Result<Outcome, AriError>> + Send + Sync + 'static,
+    ) {
+        *self.responder.lock() = Some(Arc::new(f));
+    }
+
+    /// Makes every operation take `delay` (a slow node); `None` removes the delay.
+    pub fn set_delay(&self, delay: Option<Duration>) {
+        *self.delay.lock() = delay.map(|d| (d, Arc::new(|_: &Operation| true) as Arc<DelayFilter>));
+    }
+
+    /// Makes the operations matching `which` take `delay`.
+    pub fn delay_where(
+        &self,
+        delay: Duration,
+        which: impl Fn(&Operation) -> bool + Send + Sync + 'static,
+    ) {
+        *self.delay.lock() = Some((delay, Arc::new(which)));
+    }
+
+    /// Waits until `pred` holds for the recorded operations, or `timeout` passes.
+    pub async fn wait_until(
+        &self,
+        timeout: Duration,
+        pred: impl Fn(&[(Origin, Operation)]) -> bool,
+    ) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let notified = self.changed.notified();
+            if pred(&self.ops.lock()) {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return pred(&self.ops.lock());
+            }
+        }
+    }
+
+    /// The outcome used when no responder overrides it.
+    pub fn default_outcome(op: &Operation) -> Result<Outcome, AriError> {
+        Ok(match op {
+            Operation::GetOrCreateBridge { bridge, .. } => Outcome::Value(bridge.clone()),
+            Operation::Play { playback_id, .. } | Operation::PlayOnBridge { playback_id, .. } => {
+                Outcome::Value(playback_id.clone())
+            }
+            Operation::Originate(c) | Operation::Dial(c) => Outcome::Value(c.channel_id.clone()),
+            Operation::GetVariable { name, .. } => Outcome::Value(format!("value-of-{name}")),
+            Operation::Record { options, .. } => Outcome::Value(options.name.clone()),
+            Operation::Raw { .. } => Outcome::Raw {
+                status: 200,
+                body: "{}".into(),
+            },
+            _ => Outcome::Done,
+        })
+    }
+}
+
+impl AriBackend for RecordingBackend {
+    fn execute<'a>(
+        &'a self,
+        origin: &'a Origin,
+        op: Operation,
+    ) -> BoxFuture<'a, Result<Outcome, AriError>> {
+        let responder = self.responder.lock().clone();
+        let outcome = responder
+            .and_then(|f| f(origin, &op))
+            .unwrap_or_else(|| Self::default_outcome(&op));
+        let delay = self
+            .delay
+            .lock()
+            .as_ref()
+            .and_then(|(d, which)| which(&op).then_some(*d));
+        self.ops.lock().push((origin.clone(), op));
+        self.changed.notify_waiters();
+        Box::pin(async move {
+            if let Some(d) = delay {
+                tokio::time::sleep(d).await;
+            }
+            outcome
+        })
+    }
+}
+
+/// The workspace root (the parent of the `host` crate).
+pub fn workspace_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Where `plugins/build.sh` puts components: `$CARGO_TARGET_DIR/plugins` or
+/// `<workspace>/target/plugins`.
+pub fn plugins_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_dir().join("target"))
+        .join("plugins")
+}
+
+/// Runs `plugins/build.sh` once per process (later calls return the first result).
+pub fn build_plugins() -> Result<(), String> {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let script = workspace_dir().join("plugins/build.sh");
+            let out = std::process::Command::new("bash")
+                .arg(&script)
+                .arg("-q")
+                .current_dir(workspace_dir())
+                .output()
+                .map_err(|e| format!("running {}: {e}", script.display()))?;
+            if out.status.success() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{} failed ({}):\n{}",
+                    script.display(),
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ))
+            }
+        })
+        .clone()
+}
+
+/// The component of plugin `name`, building the plugins first if needed.
+pub fn plugin_wasm(name: &str) -> Result<Vec<u8>, String> {
+    build_plugins()?;
+    let path = plugins_dir().join(format!("{name}.wasm"));
+    std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))
+}
+
+/// Benchmark support: instantiates a call of `app`, runs `on-start`, then runs the callback of
+/// `event` `n` times on that one instance and returns the duration of each run.
+pub async fn time_callbacks(
+    app: &Arc<super::App>,
+    ctx: super::CallContext,
+    event: super::CallEvent,
+    n: usize,
+) -> Result<Vec<Duration>, super::Fault> {
+    super::call::time_callbacks(app, ctx, event, n).await
+}

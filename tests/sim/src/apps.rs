@@ -1,0 +1,164 @@
+//! Stasis applications: created by a websocket, replaced by a newer websocket, removed when
+//! their owning websocket closes; plus `/applications` REST and event subscriptions.
+//!
+//! Recorded rules: the newest websocket for an app wins and the older one receives
+//! `ApplicationReplaced` but stays open (it simply gets nothing more); the new owner takes over
+//! the events of calls already in the app; closing a replaced socket keeps the app, closing the
+//! owner removes it (`GET /applications/{app}` → 404).
+
+use serde::Serialize;
+
+use crate::error::AriError;
+use crate::params::Params;
+use crate::state::{App, Conn, Ev, Id, NodeState, Val};
+
+#[derive(Serialize)]
+struct AppJson<'a> {
+    name: &'a str,
+    channel_ids: Vec<&'a str>,
+    bridge_ids: Vec<&'a str>,
+    endpoint_ids: &'a [String],
+    device_names: &'a [String],
+    events_allowed: [(); 0],
+    events_disallowed: [(); 0],
+}
+
+impl NodeState {
+    /// A websocket connected for `names`. Older owners get ApplicationReplaced.
+    pub(crate) fn register_ws(&mut self, names: &[String], subscribe_all: bool, conn: &Conn) {
+        for name in names {
+            let key: Id = name.as_str().into();
+            if let Some(app) = self.apps.get_mut(&key) {
+                if app.owner.id != conn.id {
+                    let old = std::mem::replace(&mut app.owner, conn.clone());
+                    app.subscribe_all = subscribe_all;
+                    let mut ev = Ev::new();
+                    ev.head("ApplicationReplaced");
+                    ev.field("application", &Val::S(name));
+                    ev.buf.push_str("\"asterisk_id\":");
+                    crate::state::push_json_str(&mut ev.buf, &self.cfg.asterisk_id);
+                    ev.buf.push('}');
+                    let _ = old.tx.send(ev.buf);
+                }
+            } else {
+                self.apps.insert(
+                    key,
+                    App {
+                        owner: conn.clone(),
+                        subscribe_all,
+                        endpoints: Vec::new(),
+                        devices: Vec::new(),
+                    },
+                );
+            }
+        }
+        self.any_subscribe_all = self.apps.values().any(|a| a.subscribe_all);
+    }
+
+    /// A websocket closed: the apps it still owns disappear.
+    pub(crate) fn unregister_conn(&mut self, conn_id: u64) {
+        self.apps.retain(|_, a| a.owner.id != conn_id);
+        self.any_subscribe_all = self.apps.values().any(|a| a.subscribe_all);
+    }
+
+    fn app_json(&self, name: &str) -> Option<String> {
+        let app = self.apps.get(name)?;
+        let mut channel_ids: Vec<&str> = self
+            .channels
+            .values()
+            .filter(|c| {
+                c.stasis.as_ref().is_some_and(|s| &*s.app == name) || c.apps.iter().any(|a| &**a == name)
+            })
+            .map(|c| &*c.id)
+            .collect();
+        channel_ids.sort_unstable();
+        let mut bridge_ids: Vec<&str> = self
+            .bridges
+            .values()
+            .filter(|b| b.apps.iter().any(|a| &**a == name))
+            .map(|b| &*b.id)
+            .collect();
+        bridge_ids.sort_unstable();
+        serde_json::to_string(&AppJson {
+            name,
+            channel_ids,
+            bridge_ids,
+            endpoint_ids: &app.endpoints,
+            device_names: &app.devices,
+            events_allowed: [],
+            events_disallowed: [],
+        })
+        .ok()
+    }
+
+    pub(crate) fn list_apps(&self) -> String {
+        let mut names: Vec<&Id> = self.apps.keys().collect();
+        names.sort();
+        let parts: Vec<String> = names.iter().filter_map(|n| self.app_json(n)).collect();
+        format!("[{}]", parts.join(","))
+    }
+
+    pub(crate) fn get_app(&self, name: &str) -> Result<String, AriError> {
+        self.app_json(name)
+            .ok_or_else(|| AriError::not_found("Application"))
+    }
+
+    /// `POST|DELETE /applications/{app}/subscription?eventSource=channel:x,bridge:y,...`.
+    pub(crate) fn subscribe_api(&mut self, name: &str, p: &Params, subscribe: bool) -> Result<String, AriError> {
+        let Some((key, _)) = self.apps.get_key_value(name) else {
+            return Err(AriError::not_found("Application"));
+        };
+        let key = key.clone();
+        let sources = p
+            .get("eventSource")
+            .ok_or_else(|| AriError::msg(400, "Missing parameter eventSource"))?
+            .to_string();
+        // Validate everything first: an unknown source changes nothing.
+        for src in sources.split(',') {
+            let (kind, id) = src.split_once(':').unwrap_or((src, ""));
+            let ok = match kind {
+                "channel" => self.channels.contains_key(id),
+                "bridge" => self.bridges.contains_key(id),
+                "endpoint" | "deviceState" => !id.is_empty(),
+                _ => return Err(AriError::msg(400, "Invalid event source URI scheme")),
+            };
+            if !ok {
+                return Err(AriError::msg(422, "Unable to find event source"));
+            }
+        }
+        for src in sources.split(',') {
+            let (kind, id) = src.split_once(':').unwrap_or((src, ""));
+            match kind {
+                "channel" => {
+                    let ch = self.channels.get_mut(id).expect("validated");
+                    ch.apps.retain(|a| *a != key);
+                    if subscribe {
+                        ch.apps.push(key.clone());
+                    }
+                }
+                "bridge" => {
+                    let b = self.bridges.get_mut(id).expect("validated");
+                    b.apps.retain(|a| *a != key);
+                    if subscribe {
+                        b.apps.push(key.clone());
+                    }
+                }
+                "endpoint" => {
+                    let app = self.apps.get_mut(&key).expect("checked");
+                    app.endpoints.retain(|e| e != id);
+                    if subscribe {
+                        app.endpoints.push(id.to_string());
+                    }
+                }
+                _ => {
+                    let app = self.apps.get_mut(&key).expect("checked");
+                    app.devices.retain(|e| e != id);
+                    if subscribe {
+                        app.devices.push(id.to_string());
+                    }
+                }
+            }
+        }
+        self.get_app(name)
+    }
+}

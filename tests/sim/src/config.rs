@@ -1,0 +1,211 @@
+//! Cluster configuration, deserializable from JSON or TOML so `stasis-host sim --config` and
+//! tests share one format.
+//!
+//! Everything has a default: an empty config file gives two nodes `a` and `b` with the
+//! recorded nodes' entity ids (`02:00:00:00:00:0a`, `02:00:00:00:00:0b`), channel id prefixes
+//! `ast-a`/`ast-b`, ephemeral ports, credentials `asterisk`/`asterisk` and the default dialplan.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::dialplan::Dialplan;
+use crate::error::SimError;
+
+/// The whole simulated cluster.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// The nodes; names must be unique (they name trunks: `PJSIP/<exten>@trunk-<name>`).
+    pub nodes: Vec<NodeConfig>,
+    /// ARI user name (basic auth or `api_key=user:pass`).
+    pub username: String,
+    /// ARI password.
+    pub password: String,
+    /// Address to bind (loopback by default).
+    pub bind: String,
+    /// Port of the cluster-level control server (`/_sim/nodes/...`); 0 = ephemeral.
+    pub control_port: u16,
+    /// Default length of a sound playback, in milliseconds (for sounds not in `sound_ms`).
+    pub playback_ms: u64,
+    /// Per-sound lengths in ms (`hello-world` → 1420, as recorded). `tone:` media never end.
+    pub sound_ms: BTreeMap<String, u64>,
+    /// How long `Wait(3600)`-style "forever" priorities last, in ms.
+    pub wait_forever_ms: u64,
+    /// Dialplan shared by all nodes (a node may override it).
+    pub dialplan: Dialplan,
+}
+
+/// One simulated Asterisk node.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeConfig {
+    /// Node name (`a`, `b`, ...).
+    pub name: String,
+    /// Entity id, the `asterisk_id` of every event. Default: `02:00:00:00:00:<nn>`.
+    pub asterisk_id: Option<String>,
+    /// Prefix of generated channel ids (`<prefix>-<epoch>.<n>`). Default: `ast-<name>`.
+    pub channel_prefix: Option<String>,
+    /// HTTP port (0 = ephemeral; kept across kill/revive).
+    pub port: u16,
+    /// A dialplan for this node only (replaces the cluster one).
+    pub dialplan: Option<Dialplan>,
+}
+
+impl Default for NodeConfig {
+    fn default() -> Self {
+        NodeConfig {
+            name: "a".into(),
+            asterisk_id: None,
+            channel_prefix: None,
+            port: 0,
+            dialplan: None,
+        }
+    }
+}
+
+impl NodeConfig {
+    /// A node with defaults derived from its name.
+    pub fn named(name: &str) -> Self {
+        NodeConfig {
+            name: name.to_string(),
+            ..NodeConfig::default()
+        }
+    }
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig::with_nodes(2)
+    }
+}
+
+/// Lengths of the stock sounds used in the recordings (ms).
+fn default_sounds() -> BTreeMap<String, u64> {
+    [
+        ("hello-world", 1420),
+        ("beep", 440),
+        ("demo-congrats", 10_000),
+        ("demo-instruct", 73_000),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+impl ClusterConfig {
+    /// `n` nodes named `a`, `b`, `c`, ... with default settings.
+    pub fn with_nodes(n: usize) -> Self {
+        ClusterConfig {
+            nodes: (0..n).map(|i| NodeConfig::named(&node_name(i))).collect(),
+            username: "asterisk".into(),
+            password: "asterisk".into(),
+            bind: "127.0.0.1".into(),
+            control_port: 0,
+            playback_ms: 1000,
+            sound_ms: default_sounds(),
+            wait_forever_ms: 3_600_000,
+            dialplan: Dialplan::default(),
+        }
+    }
+
+    /// Read a config from a `.json` or `.toml` file.
+    pub fn from_file(path: &Path) -> Result<Self, SimError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| SimError::Config(format!("{}: {e}", path.display())))?;
+        if path.extension().is_some_and(|e| e == "toml") {
+            toml::from_str(&text).map_err(|e| SimError::Config(e.to_string()))
+        } else {
+            serde_json::from_str(&text).map_err(|e| SimError::Config(e.to_string()))
+        }
+    }
+
+    /// Every sound plays for `ms` (handy in tests: short, predictable playbacks).
+    pub fn with_playback_ms(mut self, ms: u64) -> Self {
+        self.playback_ms = ms;
+        self.sound_ms.clear();
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), SimError> {
+        if self.nodes.is_empty() {
+            return Err(SimError::Config("no nodes".into()));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for n in &self.nodes {
+            if n.name.is_empty() || !seen.insert(n.name.clone()) {
+                return Err(SimError::Config(format!(
+                    "node names must be unique and non-empty: {:?}",
+                    n.name
+                )));
+            }
+        }
+        let mut ids = std::collections::HashSet::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if !ids.insert(self.asterisk_id(i)) {
+                return Err(SimError::Config(format!(
+                    "duplicate asterisk_id for node {}",
+                    n.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn asterisk_id(&self, i: usize) -> String {
+        self.nodes[i].asterisk_id.clone().unwrap_or_else(|| {
+            // a -> 0a, b -> 0b (as recorded); otherwise by index.
+            let name = &self.nodes[i].name;
+            let n = if name.len() == 1 && name.as_bytes()[0].is_ascii_lowercase() {
+                10 + (name.as_bytes()[0] - b'a') as usize
+            } else {
+                0x40 + i
+            };
+            format!("02:00:00:00:00:{:02x}", n & 0xff)
+        })
+    }
+}
+
+/// `a`, `b`, ..., `z`, `n26`, ...
+pub fn node_name(i: usize) -> String {
+    if i < 26 {
+        ((b'a' + i as u8) as char).to_string()
+    } else {
+        format!("n{i}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_match_recorded_nodes() {
+        let c = ClusterConfig::default();
+        assert_eq!(c.nodes.len(), 2);
+        assert_eq!(c.asterisk_id(0), "02:00:00:00:00:0a");
+        assert_eq!(c.asterisk_id(1), "02:00:00:00:00:0b");
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn parses_toml_and_json() {
+        let t: ClusterConfig = toml::from_str(
+            r#"
+            playback_ms = 50
+            [[nodes]]
+            name = "x"
+            channel_prefix = "px"
+            [dialplan.default]
+            "7000" = { stasis = { app = "ivr", args = ["${EXTEN}"] } }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(t.nodes[0].name, "x");
+        assert_eq!(t.playback_ms, 50);
+        assert!(t.dialplan.lookup("default", "7000").is_some());
+        let j: ClusterConfig = serde_json::from_str(r#"{"nodes":[{"name":"a"},{"name":"a"}]}"#).unwrap();
+        assert!(j.validate().is_err());
+    }
+}
