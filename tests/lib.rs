@@ -1,1 +1,142 @@
-//! Shared harness for the end-to-end tests.
+//! Shared harness for the end-to-end tests: a simulated cluster on loopback, a host
+//! connected to it over real HTTP and websockets, and helpers to wait on observable state.
+
+use std::time::{Duration, Instant};
+
+use stasis_host::cluster::Health;
+use stasis_host::config::Config;
+use stasis_host::gateway::Gateway;
+use stasis_host::runtime::{AppSettings, RuntimeConfig};
+pub use stasis_sim::{ClusterConfig, InboundCall, LoggedRequest, NodeHandle};
+
+/// A running simulated cluster with a host in front of it.
+pub struct Rig {
+    pub sim: stasis_sim::Cluster,
+    pub host: Gateway,
+}
+
+/// How long any wait in the tests may take before it fails.
+pub const PATIENCE: Duration = Duration::from_secs(10);
+
+/// A simulated cluster config with `nodes` nodes on ephemeral ports and short playbacks.
+pub fn sim_config(nodes: usize) -> ClusterConfig {
+    let mut config = ClusterConfig::with_nodes(nodes).with_playback_ms(100);
+    config.control_port = 0;
+    for node in &mut config.nodes {
+        node.port = 0;
+    }
+    config
+}
+
+/// Host configuration pointing at every node of `sim`, with `extra` TOML appended.
+pub fn host_config(sim: &stasis_sim::Cluster, extra: &str) -> Config {
+    let (user, pass) = sim.credentials();
+    let mut toml = String::new();
+    for n in sim.nodes() {
+        toml.push_str(&format!(
+            "[nodes.{}]\nari_url = \"{}\"\nusername = \"{user}\"\npassword = \"{pass}\"\n",
+            n.name(),
+            n.ari_url()
+        ));
+    }
+    toml.push_str("[limits]\nnode_grace_ms = 300\nmax_reconnect_ms = 200\nrequest_timeout_ms = 2000\n");
+    toml.push_str(extra);
+    Config::from_toml(&toml).expect("valid test config")
+}
+
+/// A runtime sized for tests (many test processes share the machine's address space).
+pub fn runtime_config() -> RuntimeConfig {
+    RuntimeConfig { max_instances: 500, ..RuntimeConfig::default() }
+}
+
+/// The compiled plugin `name` (plugins/build.sh runs once per test process).
+pub fn plugin(name: &str) -> Vec<u8> {
+    stasis_host::runtime::testing::plugin_wasm(name).expect("plugins build")
+}
+
+impl Rig {
+    /// Starts `nodes` simulated nodes and a host running each `(app name, plugin)`; returns
+    /// once every node is connected and has every app registered.
+    pub async fn start(nodes: usize, apps: &[(&str, &str)]) -> Rig {
+        Self::start_with(sim_config(nodes), apps).await
+    }
+
+    pub async fn start_with(sim_config: ClusterConfig, apps: &[(&str, &str)]) -> Rig {
+        let sim = stasis_sim::Cluster::start(sim_config).await.expect("simulated cluster");
+        route_trunk_legs(&sim);
+        let host = Gateway::start(host_config(&sim, ""), runtime_config()).await.expect("host starts");
+        for (name, plugin_name) in apps {
+            host.load_app(name, plugin(plugin_name), AppSettings::default()).await.expect("app loads");
+        }
+        let rig = Rig { sim, host };
+        rig.wait_connected().await;
+        rig
+    }
+
+    /// Waits until every node is up in the host and has all loaded apps registered.
+    pub async fn wait_connected(&self) {
+        let apps: Vec<String> = self.host.catalog.all().iter().map(|a| a.name().to_string()).collect();
+        wait_for("nodes connected with apps registered", || {
+            self.host.cluster.nodes().all(|n| n.health() == Health::Up)
+                && self.sim.nodes().iter().all(|n| apps.iter().all(|a| n.apps().contains(a)))
+        })
+        .await;
+    }
+
+    pub fn node(&self, name: &str) -> NodeHandle {
+        self.sim.node(name)
+    }
+
+    /// Injects a call from `caller` to `exten` on `node`; returns its channel id.
+    pub fn call(&self, node: &str, caller: &str, exten: &str) -> String {
+        self.node(node)
+            .inject_call(InboundCall {
+                caller_name: caller.into(),
+                caller_number: format!("1{:03}", caller.len()),
+                exten: exten.into(),
+                ..Default::default()
+            })
+            .expect("call injected")
+    }
+
+    pub async fn stop(self) {
+        self.host.shutdown();
+        self.sim.shutdown().await;
+    }
+}
+
+/// Every node sends calls arriving over the trunk to the host's trunk-leg app with the dialled
+/// extension as argument, as `deploy/asterisk/extensions.conf` does on real nodes.
+pub fn route_trunk_legs(sim: &stasis_sim::Cluster) {
+    for node in sim.nodes() {
+        node.set_route(
+            "from-trunk",
+            "_.",
+            stasis_sim::Route::Stasis { app: stasis_host::conference::TRUNK_APP.into(), args: vec!["${EXTEN}".into()] },
+        );
+    }
+}
+
+/// Polls `ready` until it holds; panics with `what` after [`PATIENCE`].
+pub async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
+    let deadline = Instant::now() + PATIENCE;
+    while !ready() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The requests `node` received, as `"METHOD /path?query"`, without the host's own
+/// housekeeping (identification and the event websocket).
+pub fn app_requests(node: &NodeHandle) -> Vec<String> {
+    node.request_log()
+        .into_iter()
+        .filter(|r| !r.path.ends_with("/asterisk/info") && !r.path.ends_with("/events"))
+        .map(|r| if r.query.is_empty() { format!("{} {}", r.method, r.path) } else { format!("{} {}?{}", r.method, r.path, r.query) })
+        .collect()
+}
+
+/// Whether `channel` on `node` is up and in `bridge`.
+pub fn in_bridge(node: &NodeHandle, channel: &str, bridge: &str) -> bool {
+    node.channel(channel).is_some_and(|c| c.state == "Up" && c.bridge.as_deref() == Some(bridge))
+}

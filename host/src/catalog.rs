@@ -3,8 +3,13 @@
 //! Dispatch reads it for every StasisStart; intake watches its names to know which apps to
 //! subscribe on every node. Replacing an entry is a hot swap: calls in progress keep the
 //! `Arc<App>` they started with, new calls get the new one.
+//!
+//! A removed app can be *retired* rather than removed: it takes no new calls, but its name
+//! stays subscribed on the nodes until [`Catalog::release`], because a node stops sending
+//! an unregistered app's events — including the StasisEnd its calls in progress need to
+//! finish.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
@@ -16,12 +21,19 @@ use crate::runtime::App;
 #[derive(Debug)]
 pub struct Catalog {
     apps: RwLock<BTreeMap<String, Arc<App>>>,
+    /// Retired names still subscribed on the nodes while their calls finish. Only changed
+    /// with `apps` write-locked, so the published names are always consistent.
+    draining: parking_lot::Mutex<BTreeSet<String>>,
     names: watch::Sender<Vec<String>>,
 }
 
 impl Default for Catalog {
     fn default() -> Self {
-        Catalog { apps: RwLock::new(BTreeMap::new()), names: watch::channel(Vec::new()).0 }
+        Catalog {
+            apps: RwLock::new(BTreeMap::new()),
+            draining: parking_lot::Mutex::new(BTreeSet::new()),
+            names: watch::channel(Vec::new()).0,
+        }
     }
 }
 
@@ -39,8 +51,8 @@ impl Catalog {
     pub fn activate(&self, name: &str, app: Arc<App>) -> Option<Arc<App>> {
         let mut apps = self.apps.write();
         let old = apps.insert(name.to_string(), app);
-        if old.is_none() {
-            self.names.send_replace(apps.keys().cloned().collect());
+        if old.is_none() && !self.draining.lock().contains(name) {
+            self.names.send_replace(self.published(&apps));
         }
         old
     }
@@ -49,10 +61,41 @@ impl Catalog {
     pub fn remove(&self, name: &str) -> Option<Arc<App>> {
         let mut apps = self.apps.write();
         let old = apps.remove(name);
-        if old.is_some() {
-            self.names.send_replace(apps.keys().cloned().collect());
+        if old.is_some() && !self.draining.lock().contains(name) {
+            self.names.send_replace(self.published(&apps));
         }
         old
+    }
+
+    /// The names the nodes must have registered: active and draining apps.
+    fn published(&self, apps: &BTreeMap<String, Arc<App>>) -> Vec<String> {
+        let names: BTreeSet<String> = apps.keys().cloned().chain(self.draining.lock().iter().cloned()).collect();
+        names.into_iter().collect()
+    }
+
+    /// Stops taking new calls for `name` but keeps it subscribed on the nodes, so its calls
+    /// in progress still hear their events, until [`Catalog::release`].
+    pub fn retire(&self, name: &str) -> Option<Arc<App>> {
+        let mut apps = self.apps.write();
+        let old = apps.remove(name);
+        if old.is_some() {
+            self.draining.lock().insert(name.to_string());
+        }
+        old
+    }
+
+    /// Ends the retirement of `name`: unless it was activated again meanwhile, the nodes
+    /// are told to unregister it.
+    pub fn release(&self, name: &str) {
+        let apps = self.apps.write();
+        if self.draining.lock().remove(name) && !apps.contains_key(name) {
+            self.names.send_replace(self.published(&apps));
+        }
+    }
+
+    /// Whether `name` is retired and still draining its calls.
+    pub fn is_draining(&self, name: &str) -> bool {
+        self.draining.lock().contains(name)
     }
 
     /// Every app version taking new calls.

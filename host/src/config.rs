@@ -57,7 +57,7 @@ fn default_trunk() -> String {
 }
 
 /// What the host does with a call whose app faulted (trap, deadline, memory).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OnFault {
     /// Hang the call up.
@@ -134,6 +134,27 @@ impl Limits {
 pub struct Listen {
     /// Admin HTTP API (health, apps). None: not served.
     pub admin: Option<SocketAddr>,
+    /// Bearer token the admin API requires (`Authorization: Bearer …`). Required unless the
+    /// admin address is loopback; set it from the environment (`STASIS_LISTEN__ADMIN_TOKEN`).
+    #[serde(default)]
+    pub admin_token: Option<String>,
+}
+
+/// Where uploaded apps are kept, and how large an upload may be.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Store {
+    /// Directory of uploaded apps and their compiled artifacts. None: uploads are kept in
+    /// memory only and are lost at restart.
+    pub data_dir: Option<PathBuf>,
+    /// Largest accepted upload (`.wasm`), in bytes.
+    pub max_upload_bytes: usize,
+}
+
+impl Default for Store {
+    fn default() -> Self {
+        Store { data_dir: None, max_upload_bytes: 64 << 20 }
+    }
 }
 
 /// The whole configuration.
@@ -147,6 +168,8 @@ pub struct Config {
     pub limits: Limits,
     #[serde(default)]
     pub listen: Listen,
+    #[serde(default)]
+    pub store: Store,
 }
 
 impl Config {
@@ -204,6 +227,20 @@ impl Config {
         }
         if self.limits.request_timeout_ms == 0 || self.limits.connect_timeout_ms == 0 {
             return Err(invalid("limits", "timeouts must be at least 1 ms"));
+        }
+        // An admin API reachable from other machines uploads code that runs in the host:
+        // never serve it there without a token.
+        if let Some(admin) = self.listen.admin
+            && !admin.ip().is_loopback()
+            && self.listen.admin_token.as_deref().is_none_or(str::is_empty)
+        {
+            return Err(invalid(
+                "listen.admin_token",
+                format!("the admin API on the non-loopback address {admin} requires a token (set STASIS_LISTEN__ADMIN_TOKEN)"),
+            ));
+        }
+        if self.store.max_upload_bytes == 0 {
+            return Err(invalid("store.max_upload_bytes", "must be at least 1"));
         }
         Ok(())
     }
@@ -284,6 +321,20 @@ mod tests {
         assert!(err(trunk).contains("nodes.a.trunk"), "{}", err(trunk));
         let app = format!("{GOOD}\n[apps.x]\nwasm = \"x.wasm\"\nmax_live_calls = 0\n");
         assert!(err(&app).contains("apps.x.max_live_calls"), "{}", err(&app));
+    }
+
+    #[test]
+    fn admin_off_loopback_requires_a_token() {
+        let open = format!("{GOOD}\n[listen]\nadmin = \"0.0.0.0:8090\"\n");
+        assert!(err(&open).contains("listen.admin_token"), "{}", err(&open));
+        let empty = format!("{GOOD}\n[listen]\nadmin = \"0.0.0.0:8090\"\nadmin_token = \"\"\n");
+        assert!(err(&empty).contains("listen.admin_token"), "{}", err(&empty));
+        let with_token = format!("{GOOD}\n[listen]\nadmin = \"0.0.0.0:8090\"\nadmin_token = \"s3cret\"\n");
+        assert!(Config::from_toml(&with_token).is_ok());
+        let local = format!("{GOOD}\n[listen]\nadmin = \"127.0.0.1:8090\"\n[store]\ndata_dir = \"/tmp/x\"\n");
+        let c = Config::from_toml(&local).unwrap();
+        assert_eq!(c.store.max_upload_bytes, 64 << 20);
+        assert_eq!(c.store.data_dir.as_deref(), Some(Path::new("/tmp/x")));
     }
 
     #[test]

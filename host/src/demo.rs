@@ -82,6 +82,14 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
     let sim = stasis_sim::Cluster::start(sim_config).await.context("starting the simulated nodes")?;
     let (a, b) = (sim.node("a"), sim.node("b"));
+    // Trunk calls between the nodes are conference legs (deploy/asterisk/extensions.conf).
+    for n in [&a, &b] {
+        n.set_route(
+            "from-trunk",
+            "_.",
+            stasis_sim::Route::Stasis { app: crate::conference::TRUNK_APP.into(), args: vec!["${EXTEN}".into()] },
+        );
+    }
     let (user, pass) = sim.credentials();
     println!("\n▶ two simulated Asterisk 22 nodes");
     for n in [&a, &b] {
@@ -141,6 +149,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             println!("    node {} bridge {} [{}]: {}", n.name(), bridge.id, bridge.bridge_type, members.join(", "));
         }
     }
+    println!("    (PJSIP/trunk-… is the host's link between the nodes; apps never see it)");
+    for n in [&a, &b] {
+        for bridge in n.bridges() {
+            let _ = bridge;
+        }
+    }
     println!("    live calls in the host: {}\n", app.live_calls());
     if app.live_calls() != channels.len() {
         bail!("expected {} live calls, the host has {}", channels.len(), app.live_calls());
@@ -153,6 +167,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         tail.print_new();
     }
     wait_for("every call instance to end", Duration::from_secs(5), || app.live_calls() == 0).await?;
+    // The host tears the conference down: trunk legs hung up, empty bridges deleted.
+    wait_for("every bridge and channel to be gone", Duration::from_secs(5), || {
+        [&a, &b].iter().all(|n| n.bridges().is_empty() && n.channels().is_empty())
+    })
+    .await?;
+    tail.print_new();
 
     // Every request must have gone to the node that owns the channel it names.
     for (_, id, node) in &channels {
@@ -162,7 +182,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             }
         }
     }
-    println!("\n✔ demo finished: 3 calls on 2 nodes, every request reached the node owning its channel, 0 calls left");
+    println!(
+        "\n✔ demo finished: 3 callers on 2 nodes in one conference (one trunk leg between the nodes); \
+         every request reached the node owning its channel; no call, bridge or channel left"
+    );
     gateway.shutdown();
     sim.shutdown().await;
     Ok(())

@@ -20,6 +20,7 @@ use tracing::{debug, info, warn};
 
 use crate::backend::{AriBackend, Operation, Origin};
 use crate::catalog::Catalog;
+use crate::conference::{Conferences, Note, TRUNK_APP};
 use crate::cluster::{Cluster, Node};
 use crate::event::{self, Event, Kind};
 use crate::ingress::Intake;
@@ -41,6 +42,25 @@ struct LiveCall {
 enum Internal {
     GraceExpired { node: String },
     Reconciled { node: String, alive: HashSet<String> },
+    /// From [`DispatchControl::hang_up_app`]: hang up every live call of the app.
+    HangUpApp { app: String, done: tokio::sync::oneshot::Sender<usize> },
+}
+
+/// Requests to the running dispatcher from outside the event path (the admin API). Dispatch
+/// owns the live-call table, so it is the one that can find an app's calls.
+#[derive(Clone)]
+pub struct DispatchControl(mpsc::UnboundedSender<Internal>);
+
+impl DispatchControl {
+    /// Hangs up every call in progress of app `name` (any version): the nodes then end them
+    /// with the usual StasisEnd. Returns how many calls were told; 0 if dispatch stopped.
+    pub async fn hang_up_app(&self, name: &str) -> usize {
+        let (done, rx) = tokio::sync::oneshot::channel();
+        if self.0.send(Internal::HangUpApp { app: name.to_string(), done }).is_err() {
+            return 0;
+        }
+        rx.await.unwrap_or(0)
+    }
 }
 
 /// The dispatcher; see the module docs.
@@ -49,6 +69,8 @@ pub struct Dispatch {
     cluster: Arc<Cluster>,
     ownership: Arc<Ownership>,
     backend: Arc<dyn AriBackend>,
+    conferences: Arc<Conferences>,
+    notes: mpsc::UnboundedSender<Note>,
     grace: Duration,
     calls: HashMap<String, LiveCall>,
     internal_tx: mpsc::UnboundedSender<Internal>,
@@ -61,10 +83,28 @@ impl Dispatch {
         cluster: Arc<Cluster>,
         ownership: Arc<Ownership>,
         backend: Arc<dyn AriBackend>,
+        conferences: Arc<Conferences>,
+        notes: mpsc::UnboundedSender<Note>,
         grace: Duration,
     ) -> Dispatch {
         let (internal_tx, internal_rx) = mpsc::unbounded_channel();
-        Dispatch { catalog, cluster, ownership, backend, grace, calls: HashMap::new(), internal_tx, internal_rx }
+        Dispatch {
+            catalog,
+            cluster,
+            ownership,
+            backend,
+            conferences,
+            notes,
+            grace,
+            calls: HashMap::new(),
+            internal_tx,
+            internal_rx,
+        }
+    }
+
+    /// A handle to send requests to this dispatcher once it runs.
+    pub fn control(&self) -> DispatchControl {
+        DispatchControl(self.internal_tx.clone())
     }
 
     /// Runs until intake closes.
@@ -80,6 +120,9 @@ impl Dispatch {
                 Some(internal) = self.internal_rx.recv() => match internal {
                     Internal::GraceExpired { node } => self.on_grace_expired(&node),
                     Internal::Reconciled { node, alive } => self.on_reconciled(&node, &alive),
+                    Internal::HangUpApp { app, done } => {
+                        let _ = done.send(self.hang_up_app(&app));
+                    }
                 },
             }
         }
@@ -93,6 +136,10 @@ impl Dispatch {
         // Keep the index current first, so an app's request made while handling this very
         // event already routes right.
         self.track_ownership(node, &event);
+        self.note_conferences(node, &event);
+        if event.application == TRUNK_APP {
+            return; // trunk legs are the host's own, never an app's
+        }
         match &event.kind {
             Kind::StasisStart { channel, args } => self.start(node, &event, channel, args),
             Kind::StasisEnd { channel } => {
@@ -129,7 +176,7 @@ impl Dispatch {
                 if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
                     // The call joined this bridge: its app may act on it.
                     call.app.grant_bridge(&bridge.id);
-                    call.handle.deliver(other(&event), channel.as_ref().map(snapshot));
+                    call.handle.deliver(bridge_event(&event, &self.conferences), channel.as_ref().map(snapshot));
                 }
             }
             Kind::BridgeDestroyed { bridge } => {
@@ -157,7 +204,7 @@ impl Dispatch {
             }
             Kind::ChannelLeftBridge { channel, .. } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    call.handle.deliver(other(&event), Some(snapshot(channel)));
+                    call.handle.deliver(bridge_event(&event, &self.conferences), Some(snapshot(channel)));
                 }
             }
             Kind::Other { channel } => {
@@ -168,21 +215,36 @@ impl Dispatch {
         }
     }
 
+    /// Tells the conferences what concerns them, in order, without waiting for them.
+    fn note_conferences(&self, node: &Node, event: &Event) {
+        let note = match &event.kind {
+            Kind::StasisStart { channel, args } if event.application == TRUNK_APP => {
+                Some(Note::LegStarted { node: node.name.clone(), channel: channel.id.clone(), args: args.clone() })
+            }
+            Kind::StasisEnd { channel } | Kind::ChannelDestroyed { channel }
+                if self.conferences.involves(&channel.id) =>
+            {
+                Some(Note::ChannelGone { channel: channel.id.clone() })
+            }
+            Kind::ChannelLeftBridge { channel, bridge } if self.conferences.involves(&channel.id) => {
+                Some(Note::LeftBridge { channel: channel.id.clone(), bridge: bridge.id.clone() })
+            }
+            Kind::BridgeDestroyed { bridge } => {
+                Some(Note::BridgeDestroyed { node: node.name.clone(), bridge: bridge.id.clone() })
+            }
+            _ => None,
+        };
+        if let Some(note) = note {
+            let _ = self.notes.send(note);
+        }
+    }
+
     fn track_ownership(&self, node: &Node, event: &Event) {
         match &event.kind {
             // After StasisEnd the app no longer hears about the channel, so ChannelDestroyed
             // may never come: forget it now; the router looks it up again if ever needed.
             Kind::ChannelDestroyed { channel } | Kind::StasisEnd { channel } => {
                 self.ownership.forget_channel(&channel.id)
-            }
-            Kind::BridgeDestroyed { bridge } => self.ownership.forget_bridge_part(&bridge.id, &node.name),
-            Kind::ChannelEnteredBridge { bridge, channel } => {
-                if self.ownership.bridge(&bridge.id).is_none_or(|p| !p.nodes.contains(&node.name)) {
-                    self.ownership.record_bridge(&bridge.id, crate::backend::BridgeType::Mixing, &node.name);
-                }
-                if let Some(channel) = channel {
-                    self.ownership.record_channel(&channel.id, &node.name);
-                }
             }
             _ => {
                 if let Some(channel) = event.channel() {
@@ -290,6 +352,10 @@ impl Dispatch {
     fn on_node_down(&mut self, node: &Arc<Node>) {
         warn!(node = %node.name, grace = ?self.grace, "node down");
         self.notify_node(node, NodeStatus::Down);
+        // The node may come back empty (restart): forget where its channels were (they are
+        // looked up again if still alive) and re-home the conferences it held.
+        self.ownership.forget_node(&node.name);
+        let _ = self.notes.send(Note::NodeDown { node: node.name.clone() });
         let (name, tx, grace) = (node.name.clone(), self.internal_tx.clone(), self.grace);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
@@ -315,6 +381,19 @@ impl Dispatch {
         }
     }
 
+    /// Asks the owning nodes to hang up every call of `app`; the calls end when their
+    /// StasisEnd arrives, like any hangup. Returns how many.
+    fn hang_up_app(&self, app: &str) -> usize {
+        let mut n = 0;
+        for (channel, call) in self.calls.iter().filter(|(_, c)| c.app.name() == app) {
+            let node = self.cluster.node(&call.node).and_then(|n| n.asterisk_id()).unwrap_or_default();
+            self.send_for(app, &node, channel, Operation::Hangup { channel: channel.clone(), reason: None });
+            n += 1;
+        }
+        info!(app, calls = n, "hanging up the app's calls");
+        n
+    }
+
     /// Ends the calls on `node` whose channel matches; returns how many.
     fn end_calls(&mut self, node: &str, ends: impl Fn(&str) -> bool) -> usize {
         let gone: Vec<String> =
@@ -332,6 +411,14 @@ impl Dispatch {
 
 fn other(event: &Event) -> CallEvent {
     CallEvent::Other { kind: event.kind_name.clone(), json: event.raw.to_string() }
+}
+
+/// A bridge event for an app, with the trunk legs taken out of the bridge's channel list.
+fn bridge_event(event: &Event, conferences: &Conferences) -> CallEvent {
+    match conferences.hide_legs(&event.raw) {
+        Some(json) => CallEvent::Other { kind: event.kind_name.clone(), json },
+        None => other(event),
+    }
 }
 
 fn snapshot(channel: &event::Channel) -> ChannelSnapshot {

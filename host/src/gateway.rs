@@ -1,7 +1,8 @@
 //! The assembled host: nodes, intake, dispatch, router and runtime wired together.
 //!
 //! Data flows one way: ingress (one task per node) → dispatch (one task) → call instances
-//! (one task per call) → router → the owning node. This module only builds that pipeline
+//! (one task per call) → router → the owning node. Dispatch also feeds the conferences
+//! (cluster-wide bridges) through one ordered queue. This module only builds that pipeline
 //! and hands out the pieces a caller (the CLI, the demo, tests) needs to observe or feed it.
 
 use std::sync::Arc;
@@ -13,8 +14,9 @@ use tracing::info;
 use crate::backend::AriBackend;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
+use crate::conference::Conferences;
 use crate::config::{AppConfig, Config, OnFault};
-use crate::dispatch::Dispatch;
+use crate::dispatch::{Dispatch, DispatchControl};
 use crate::ingress;
 use crate::ownership::Ownership;
 use crate::router::Router;
@@ -44,8 +46,11 @@ pub struct Gateway {
     pub cluster: Arc<Cluster>,
     pub ownership: Arc<Ownership>,
     pub catalog: Arc<Catalog>,
+    pub conferences: Arc<Conferences>,
     pub router: Arc<Router>,
     pub runtime: Arc<Runtime>,
+    /// Requests to dispatch from outside the event path (e.g. hang up an app's calls).
+    pub dispatch: DispatchControl,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -57,16 +62,27 @@ impl Gateway {
         let cluster = Arc::new(Cluster::from_config(&config));
         let ownership = Arc::new(Ownership::new());
         let catalog = Arc::new(Catalog::new());
-        let router = Arc::new(Router::new(cluster.clone(), ownership.clone()));
+        let conferences = Conferences::new(cluster.clone(), ownership.clone());
+        let router = Arc::new(Router::new(cluster.clone(), ownership.clone(), conferences.clone()));
         let (tx, rx) = mpsc::channel(INTAKE_QUEUE);
+        let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
         let dispatch = Dispatch::new(
             catalog.clone(),
             cluster.clone(),
             ownership.clone(),
             router.clone() as Arc<dyn AriBackend>,
+            conferences.clone(),
+            notes_tx,
             config.limits.node_grace(),
         );
+        let notes_conferences = conferences.clone();
+        tasks.push(tokio::spawn(async move {
+            while let Some(note) = notes_rx.recv().await {
+                notes_conferences.handle(note).await;
+            }
+        }));
+        let control = dispatch.control();
         tasks.push(tokio::spawn(dispatch.run(rx)));
         for node in cluster.nodes() {
             tasks.push(tokio::spawn(ingress::run_node(
@@ -77,7 +93,7 @@ impl Gateway {
                 config.limits.max_reconnect(),
             )));
         }
-        let gateway = Gateway { config, cluster, ownership, catalog, router, runtime, tasks };
+        let gateway = Gateway { config, cluster, ownership, catalog, conferences, router, runtime, dispatch: control, tasks };
         for (name, app) in gateway.config.apps.clone() {
             let wasm = tokio::fs::read(&app.wasm).await.map_err(|source| GatewayError::ReadApp {
                 app: name.clone(),

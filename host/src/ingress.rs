@@ -137,7 +137,8 @@ async fn connect(node: &Node, cluster: &Cluster, apps: &[String]) -> Result<Sock
 async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectError> {
     let base = node.client.base();
     let ws_base = base.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
-    let url = format!("{ws_base}/events?app={}", apps.join(","));
+    // The host's own trunk-leg app rides on the same socket as the apps.
+    let url = format!("{ws_base}/events?app={},{}", apps.join(","), crate::conference::TRUNK_APP);
     let mut request = url.into_client_request()?;
     let credentials = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,

@@ -3,10 +3,14 @@
 //!
 //! See ARCHITECTURE.md at the repository root for the map of the code.
 
+pub mod admin;
+pub mod admin_client;
+pub mod apps;
 pub mod ari_client;
 pub mod backend;
 pub mod catalog;
 pub mod cluster;
+pub mod conference;
 pub mod config;
 pub mod demo;
 pub mod dispatch;
@@ -16,3 +20,4 @@ pub mod ingress;
 pub mod ownership;
 pub mod router;
 pub mod runtime;
+pub mod store;

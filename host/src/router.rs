@@ -5,10 +5,8 @@
 //! the id, and caching the answer), sends the ARI request through that node's pooled
 //! client, and keeps the index up to date with what it created.
 //!
-//! Bridge ids are cluster-wide: a bridge is made of one local bridge with that id on each
-//! node that has a participant. `get-or-create-bridge` makes the part on the caller's node;
-//! `bridge-add` makes the part on the channel's node when it is missing; destroy removes
-//! every part.
+//! Bridge operations go to [`Conferences`], which gives bridge ids their cluster-wide
+//! meaning (one conference across nodes, linked by trunk legs).
 
 use std::sync::Arc;
 
@@ -17,7 +15,8 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::ari_client::AriResponse;
-use crate::backend::{AriBackend, AriError, BoxFuture, BridgeType, NewCall, Operation, Origin, Outcome};
+use crate::backend::{AriBackend, AriError, BoxFuture, NewCall, Operation, Origin, Outcome};
+use crate::conference::Conferences;
 use crate::cluster::{Cluster, Node};
 use crate::ownership::{Ownership, PlaybackOwner};
 
@@ -26,6 +25,7 @@ use crate::ownership::{Ownership, PlaybackOwner};
 pub struct Router {
     cluster: Arc<Cluster>,
     ownership: Arc<Ownership>,
+    conferences: Arc<Conferences>,
 }
 
 type Query = Vec<(String, String)>;
@@ -35,8 +35,8 @@ fn q(pairs: &[(&str, &str)]) -> Query {
 }
 
 impl Router {
-    pub fn new(cluster: Arc<Cluster>, ownership: Arc<Ownership>) -> Router {
-        Router { cluster, ownership }
+    pub fn new(cluster: Arc<Cluster>, ownership: Arc<Ownership>, conferences: Arc<Conferences>) -> Router {
+        Router { cluster, ownership, conferences }
     }
 
     /// The node that owns `channel`: from the index, else asked of every healthy node.
@@ -120,41 +120,6 @@ impl Router {
         node.client.call(method, &format!("/channels/{channel}{suffix}"), &query, None).await
     }
 
-    /// Makes sure `node` holds its part of `bridge`.
-    async fn ensure_bridge_part(&self, bridge: &str, kind: BridgeType, node: &Node) -> Result<(), AriError> {
-        if self.ownership.bridge(bridge).is_some_and(|p| p.nodes.iter().any(|n| n == &node.name)) {
-            return Ok(());
-        }
-        let path = format!("/bridges/{bridge}");
-        match node.client.call(Method::POST, &path, &q(&[("type", kind.as_ari())]), None).await {
-            Ok(_) => {}
-            // Already there (made by a concurrent call, or before a host restart): use it.
-            Err(AriError::Conflict(_)) => {
-                node.client.call(Method::GET, &path, &[], None).await?;
-            }
-            Err(e) => return Err(e),
-        }
-        self.ownership.record_bridge(bridge, kind, &node.name);
-        Ok(())
-    }
-
-    /// The kind of a bridge the cluster already knows, or `Mixing` for one made implicitly.
-    fn bridge_kind(&self, bridge: &str) -> BridgeType {
-        self.ownership.bridge(bridge).map(|p| p.kind).unwrap_or(BridgeType::Mixing)
-    }
-
-    /// The nodes holding parts of `bridge`: from the index, else looked up.
-    async fn bridge_nodes(&self, bridge: &str) -> Result<Vec<Arc<Node>>, AriError> {
-        match self.ownership.bridge(bridge) {
-            Some(parts) => parts.nodes.iter().map(|n| self.usable(n)).collect(),
-            None => {
-                let node = self.lookup(&format!("/bridges/{bridge}"), "bridge", bridge).await?;
-                self.ownership.record_bridge(bridge, BridgeType::Mixing, &node.name);
-                Ok(vec![node])
-            }
-        }
-    }
-
     async fn new_call(&self, origin: &Origin, call: NewCall, dial: bool) -> Result<Outcome, AriError> {
         let node = self.placement(origin, &call)?;
         // Recorded first: the channel's first event may beat the response.
@@ -200,8 +165,8 @@ impl Router {
             (Some("channels"), Some(id)) if !id.is_empty() && id != "create" && id != "externalMedia" => {
                 self.channel_node(id).await
             }
-            (Some("bridges"), Some(id)) if !id.is_empty() => match self.bridge_nodes(id).await {
-                Ok(nodes) => Ok(nodes[0].clone()),
+            (Some("bridges"), Some(id)) if !id.is_empty() => match self.conferences.locate(id).await {
+                Ok(node) => self.usable(&node),
                 Err(AriError::NotFound(_)) => self.origin_node(origin),
                 Err(e) => Err(e),
             },
@@ -238,35 +203,25 @@ impl Router {
             }
             GetOrCreateBridge { bridge, kind } => {
                 let node = self.origin_node(origin)?;
-                self.ensure_bridge_part(&bridge, kind, &node).await?;
+                self.conferences.get_or_create(&bridge, kind, &node.name).await?;
                 Ok(Outcome::Value(bridge))
             }
             BridgeAdd { bridge, channel } => {
                 let node = self.channel_node(&channel).await?;
-                self.ensure_bridge_part(&bridge, self.bridge_kind(&bridge), &node).await?;
-                let query = q(&[("channel", &channel)]);
-                done(node.client.call(Method::POST, &format!("/bridges/{bridge}/addChannel"), &query, None).await)
+                self.conferences.add(&bridge, &channel, &node.name).await.map(|_| Outcome::Done)
             }
             BridgeRemove { bridge, channel } => {
                 let node = self.channel_node(&channel).await?;
-                let query = q(&[("channel", &channel)]);
-                done(node.client.call(Method::POST, &format!("/bridges/{bridge}/removeChannel"), &query, None).await)
+                self.conferences.remove(&bridge, &channel, &node.name).await.map(|_| Outcome::Done)
             }
-            BridgeDestroy { bridge } => {
-                let nodes = self.bridge_nodes(&bridge).await?;
-                let path = format!("/bridges/{bridge}");
-                let results = join_all(nodes.iter().map(|n| n.client.call(Method::DELETE, &path, &[], None))).await;
-                self.ownership.forget_bridge(&bridge);
-                results.into_iter().find(|r| r.is_err()).unwrap_or(Ok(AriResponse { status: 204, body: String::new() })).map(|_| Outcome::Done)
-            }
+            BridgeDestroy { bridge } => self.conferences.destroy(&bridge).await.map(|_| Outcome::Done),
             PlayOnBridge { bridge, media, playback_id } => {
-                let nodes = self.bridge_nodes(&bridge).await?;
                 self.ownership.record_playback(
                     &playback_id,
                     PlaybackOwner { app: origin.app.clone(), channel: origin.channel.clone() },
                 );
-                let query = q(&[("media", &media.join(",")), ("playbackId", &playback_id)]);
-                let result = nodes[0].client.call(Method::POST, &format!("/bridges/{bridge}/play"), &query, None).await;
+                let fallback = self.origin_node(origin)?.name.clone();
+                let result = self.conferences.play(&bridge, &media.join(","), &playback_id, &fallback).await;
                 if result.is_err() {
                     self.ownership.take_playback(&playback_id);
                 }

@@ -245,11 +245,9 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         .total_tables(n.saturating_mul(4))
         // A fiber stack is taken only while a callback runs (or awaits an import).
         .total_stacks(n)
-        .max_memory_size(config.memory_ceiling_bytes)
-        // Keep a little of each memory resident on reuse: resetting it with memset is
-        // cheaper than madvise + page faults for the first pages every call touches.
-        .linear_memory_keep_resident(64 << 10)
-        .table_keep_resident(16 << 10);
+        // No `linear_memory_keep_resident`: a Rust guest's first 64 KiB are its (untouched)
+        // stack bottom, so keeping them resident would only add RSS to every slot.
+        .max_memory_size(config.memory_ceiling_bytes);
 
     let mut c = Config::new();
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

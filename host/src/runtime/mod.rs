@@ -15,6 +15,21 @@
 //!   [`AriBackend`](crate::backend::AriBackend) trait; kv.rs is the per-app store; sandbox.rs
 //!   the WASI context and guest output capture.
 //! - [`testing`]: a recording backend and plugin helpers for tests and benchmarks.
+//!
+//! ```no_run
+//! # async fn demo(wasm: Vec<u8>, backend: std::sync::Arc<dyn stasis_host::backend::AriBackend>,
+//! #               ctx: stasis_host::runtime::CallContext) -> anyhow::Result<()> {
+//! use stasis_host::runtime::*;
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let artifact = runtime.compile(wasm).await?;          // at upload; persist artifact.bytes
+//! let app = runtime.load("conference", &artifact, runtime.default_settings(), backend)?;
+//! let call = app.start_call(ctx)?;                       // StasisStart
+//! call.deliver(CallEvent::Up, None);                     // ChannelStateChange → Up
+//! call.deliver(CallEvent::End, None);                    // StasisEnd
+//! let report = call.finished().await;
+//! assert!(report.fault.is_none());
+//! # Ok(()) }
+//! ```
 
 mod app;
 mod bindings;

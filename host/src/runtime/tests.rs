@@ -907,3 +907,119 @@ async fn raw_requests_are_checked_by_path() {
         "{res:#?}"
     );
 }
+
+/// The import implementations driven directly (no guest), for paths the probe does not take.
+mod host_imports {
+    use super::*;
+    use crate::runtime::bindings::{ari, wit};
+    use crate::runtime::call::CallState;
+    use ari::Host as _;
+
+    #[tokio::test]
+    async fn raw_creation_gets_a_host_chosen_id_granted_after_success() {
+        let (app, backend) = load("probe", "rt-raw-create");
+        let mut st = CallState::for_test(&app, "rc-1");
+        let resp = st
+            .request(
+                "post".into(),
+                "/channels".into(),
+                vec![("endpoint".into(), "PJSIP/bob".into())],
+                None,
+            )
+            .await
+            .unwrap();
+        assert_eq!(resp.status, 200);
+        let ops = backend.operations_of("rc-1");
+        let Operation::Raw { method, query, .. } = &ops[0] else {
+            panic!("{ops:?}")
+        };
+        assert_eq!(method, "POST");
+        let id = &query.iter().find(|(k, _)| k == "channelId").unwrap().1;
+        assert!(id.starts_with("shc-"));
+        assert!(app.may_act_on_channel(id));
+
+        // A failed creation grants nothing, and a 4xx maps to the typed error.
+        backend.respond_with(|_, op| {
+            matches!(op, Operation::Raw { .. }).then(|| {
+                Ok(Outcome::Raw {
+                    status: 409,
+                    body: r#"{"message":"Bridge already exists"}"#.into(),
+                })
+            })
+        });
+        let before = app.shared().capability_counts();
+        let err = st
+            .request("POST".into(), "/bridges".into(), vec![], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, wit::AriError::Conflict(m) if m == "Bridge already exists"),
+            "{err:?}"
+        );
+        assert_eq!(app.shared().capability_counts(), before);
+
+        // Denied: nothing sent.
+        let n = backend.len();
+        let err = st
+            .request("GET".into(), "/channels".into(), vec![], None)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, wit::AriError::Denied(_)));
+        assert_eq!(backend.len(), n);
+    }
+
+    #[tokio::test]
+    async fn a_bridge_created_by_one_app_is_denied_to_another() {
+        let (a, backend_a) = load("probe", "rt-claim-a");
+        let (b, backend_b) = load("probe", "rt-claim-b");
+        let mut sa = CallState::for_test(&a, "cl-a");
+        let mut sb = CallState::for_test(&b, "cl-b");
+        let id = sa
+            .get_or_create_bridge("shared-conf".into(), ari::BridgeType::Mixing)
+            .await
+            .unwrap();
+        assert_eq!(id, "shared-conf");
+        assert!(a.may_act_on_bridge("shared-conf"));
+        let err = sb
+            .get_or_create_bridge("shared-conf".into(), ari::BridgeType::Mixing)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, wit::AriError::Denied(_)));
+        assert!(backend_b.is_empty());
+        assert_eq!(backend_a.len(), 1);
+        // Once it is destroyed the id is free again.
+        a.revoke_bridge("shared-conf");
+        sb.get_or_create_bridge("shared-conf".into(), ari::BridgeType::Holding)
+            .await
+            .unwrap();
+        assert_eq!(
+            runtime().bridge_owner("shared-conf").as_deref(),
+            Some("rt-claim-b")
+        );
+    }
+
+    #[tokio::test]
+    async fn failed_originate_revokes_the_pregranted_channel() {
+        let (app, backend) = load("probe", "rt-orig-fail");
+        backend.respond_with(|_, op| {
+            matches!(op, Operation::Originate(_))
+                .then(|| Err(crate::backend::AriError::Failed("Allocation failed".into())))
+        });
+        let mut st = CallState::for_test(&app, "of-1");
+        let req = ari::OriginateRequest {
+            endpoint: "Bogus/x".into(),
+            caller_id: None,
+            variables: vec![],
+            app_args: vec![],
+            timeout_secs: None,
+            node: None,
+        };
+        let err = st.originate(req).await.unwrap_err();
+        assert!(matches!(err, wit::AriError::Failed(_)));
+        let Operation::Originate(call) = &backend.operations_of("of-1")[0] else {
+            panic!()
+        };
+        assert!(!app.may_act_on_channel(&call.channel_id));
+        assert_eq!(app.shared().capability_counts(), (0, 0, 0, 0));
+    }
+}

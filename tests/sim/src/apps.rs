@@ -67,7 +67,8 @@ impl NodeState {
             .channels
             .values()
             .filter(|c| {
-                c.stasis.as_ref().is_some_and(|s| &*s.app == name) || c.apps.iter().any(|a| &**a == name)
+                c.stasis.as_ref().is_some_and(|s| &*s.app == name)
+                    || c.apps.iter().any(|a| &**a == name)
             })
             .map(|c| &*c.id)
             .collect();
@@ -104,7 +105,12 @@ impl NodeState {
     }
 
     /// `POST|DELETE /applications/{app}/subscription?eventSource=channel:x,bridge:y,...`.
-    pub(crate) fn subscribe_api(&mut self, name: &str, p: &Params, subscribe: bool) -> Result<String, AriError> {
+    pub(crate) fn subscribe_api(
+        &mut self,
+        name: &str,
+        p: &Params,
+        subscribe: bool,
+    ) -> Result<String, AriError> {
         let Some((key, _)) = self.apps.get_key_value(name) else {
             return Err(AriError::not_found("Application"));
         };

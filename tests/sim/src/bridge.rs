@@ -70,17 +70,26 @@ impl Bridge {
 
 impl NodeState {
     fn bridge(&self, id: &str) -> Result<&Bridge, AriError> {
-        self.bridges.get(id).ok_or_else(|| AriError::not_found("Bridge"))
+        self.bridges
+            .get(id)
+            .ok_or_else(|| AriError::not_found("Bridge"))
     }
 
     /// `POST /bridges` and `POST /bridges/{bridgeId}` (an existing id → 409, no update).
-    pub(crate) fn create_bridge(&mut self, p: &Params, path_id: Option<&str>) -> Result<String, AriError> {
+    pub(crate) fn create_bridge(
+        &mut self,
+        p: &Params,
+        path_id: Option<&str>,
+    ) -> Result<String, AriError> {
         let id: String = match path_id.or(p.get("bridgeId")) {
             Some(id) => id.to_string(),
             None => self.new_bridge_uuid(),
         };
         if self.bridges.contains_key(id.as_str()) {
-            return Err(AriError::msg(409, &format!("Bridge with id '{id}' already exists")));
+            return Err(AriError::msg(
+                409,
+                &format!("Bridge with id '{id}' already exists"),
+            ));
         }
         let bridge_type = p
             .get("type")
@@ -197,7 +206,11 @@ impl NodeState {
 
     /// Put channel `cid` (in Stasis, in no bridge) into bridge `bid`.
     pub(crate) fn bridge_enter(&mut self, bid: &str, cid: &str) {
-        let Some(app) = self.channels.get(cid).and_then(|c| c.stasis.as_ref().map(|s| s.app.clone())) else {
+        let Some(app) = self
+            .channels
+            .get(cid)
+            .and_then(|c| c.stasis.as_ref().map(|s| s.app.clone()))
+        else {
             return;
         };
         let Some(b) = self.bridges.get_mut(bid) else {
@@ -212,7 +225,12 @@ impl NodeState {
         if let Some(ch) = self.channels.get_mut(cid) {
             ch.bridge = Some(bid_id);
         }
-        self.emit_chan(cid, "ChannelEnteredBridge", &[], &[("bridge", Val::Raw(&json))]);
+        self.emit_chan(
+            cid,
+            "ChannelEnteredBridge",
+            &[],
+            &[("bridge", Val::Raw(&json))],
+        );
         self.update_bridgepeers(bid);
     }
 
@@ -223,7 +241,10 @@ impl NodeState {
         let Some(bid) = self.channels.get_mut(cid).and_then(|c| c.bridge.take()) else {
             return;
         };
-        let app = self.channels.get(cid).and_then(|c| c.stasis.as_ref().map(|s| s.app.clone()));
+        let app = self
+            .channels
+            .get(cid)
+            .and_then(|c| c.stasis.as_ref().map(|s| s.app.clone()));
         let Some(b) = self.bridges.get_mut(&bid) else {
             return;
         };
@@ -244,7 +265,10 @@ impl NodeState {
         }
         self.emit_other(
             "ChannelLeftBridge",
-            &[("bridge", Val::Raw(&json)), ("channel", Val::Raw(&chan_json))],
+            &[
+                ("bridge", Val::Raw(&json)),
+                ("channel", Val::Raw(&chan_json)),
+            ],
             &targets,
         );
         if !hangup && let Some(app) = app {
@@ -282,7 +306,12 @@ impl NodeState {
         let members = b.channels.clone();
         let names: Vec<String> = members
             .iter()
-            .map(|c| self.channels.get(c).map(|c| c.name.clone()).unwrap_or_default())
+            .map(|c| {
+                self.channels
+                    .get(c)
+                    .map(|c| c.name.clone())
+                    .unwrap_or_default()
+            })
             .collect();
         for (i, m) in members.iter().enumerate() {
             let value: Vec<&str> = names

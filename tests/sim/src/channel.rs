@@ -333,7 +333,10 @@ impl NodeState {
             id.len() >= new.len() && id.as_bytes()[..new.len()].eq_ignore_ascii_case(new.as_bytes())
         });
         if clash {
-            return Err(AriError::msg(409, "Channel with given unique ID already exists"));
+            return Err(AriError::msg(
+                409,
+                "Channel with given unique ID already exists",
+            ));
         }
         Ok(())
     }
@@ -380,14 +383,21 @@ impl NodeState {
     // ----- originate / create / dial -----
 
     /// `POST /channels` and `POST /channels/{channelId}`.
-    pub(crate) fn originate(&mut self, p: &Params, path_id: Option<&str>) -> Result<String, AriError> {
+    pub(crate) fn originate(
+        &mut self,
+        p: &Params,
+        path_id: Option<&str>,
+    ) -> Result<String, AriError> {
         let endpoint = p
             .get("endpoint")
             .ok_or_else(|| AriError::msg(400, "Endpoint must be specified"))?;
         let app = p.get("app");
         let exten = p.get("extension");
         if app.is_none() && exten.is_none() {
-            return Err(AriError::msg(400, "Application or extension must be specified"));
+            return Err(AriError::msg(
+                400,
+                "Application or extension must be specified",
+            ));
         }
         let on_answer = match app {
             Some(a) => OnAnswer::Stasis {
@@ -418,7 +428,13 @@ impl NodeState {
             self.later(0, Action::TrunkStart { chan: idc.clone() });
         }
         if timeout_s > 0 {
-            self.later(timeout_s * 1000, Action::OriginateTimeout { chan: idc, generation });
+            self.later(
+                timeout_s * 1000,
+                Action::OriginateTimeout {
+                    chan: idc,
+                    generation,
+                },
+            );
         }
         Ok(self.channels[id.as_str()].json())
     }
@@ -435,6 +451,13 @@ impl NodeState {
             .to_string();
         let args = split_args(p.get("appArgs"));
         let id = self.dialed_channel(p, None, endpoint, None, OnAnswer::Nothing)?;
+        // The app follows the created channel (not its Local ;2 half) for its whole life.
+        if let (Some(ch), Some((app_id, _))) = (
+            self.channels.get_mut(id.as_str()),
+            self.apps.get_key_value(app.as_str()),
+        ) {
+            ch.apps.push(app_id.clone());
+        }
         // A created channel is not "originated": its dialplan location is blank until it
         // enters Stasis.
         if let Some(ch) = self.channels.get_mut(id.as_str()) {
@@ -453,7 +476,10 @@ impl NodeState {
             &idc,
             "ChannelDialplan",
             &[],
-            &[("dialplan_app", Val::S(&an)), ("dialplan_app_data", Val::S(&ad))],
+            &[
+                ("dialplan_app", Val::S(&an)),
+                ("dialplan_app_data", Val::S(&ad)),
+            ],
         );
         if !self.enter_stasis(&idc, &app, &args, false) {
             self.hangup(&idc, HangupHow::Dialplan(16));
@@ -474,7 +500,13 @@ impl NodeState {
         }
         if timeout > 0 {
             let generation = self.channels[id].generation;
-            self.later(timeout * 1000, Action::OriginateTimeout { chan: idc, generation });
+            self.later(
+                timeout * 1000,
+                Action::OriginateTimeout {
+                    chan: idc,
+                    generation,
+                },
+            );
         }
         Ok(())
     }
@@ -496,7 +528,10 @@ impl NodeState {
         if let Some(o) = other_id {
             self.check_id_free(o)?;
             if chan_id.is_some_and(|c| c.eq_ignore_ascii_case(o)) {
-                return Err(AriError::msg(409, "Channel with given unique ID already exists"));
+                return Err(AriError::msg(
+                    409,
+                    "Channel with given unique ID already exists",
+                ));
             }
         }
         let caller = p.get("callerId").map(CallerId::parse);
@@ -625,7 +660,14 @@ impl NodeState {
         c.vars = vars.into_iter().collect();
         self.channels.insert(id.clone(), c);
         self.start_route(&id, context, exten);
-        self.later(0, Action::Step { chan: id.clone(), generation: 0 });
+        let generation = self.channels[&id].generation;
+        self.later(
+            0,
+            Action::Step {
+                chan: id.clone(),
+                generation,
+            },
+        );
         id
     }
 
@@ -708,7 +750,11 @@ impl NodeState {
         let Some(Peer::Local(one)) = ch.peer.clone() else {
             return;
         };
-        let (context, exten, announce) = (ch.dp.context.clone(), ch.dp.exten.clone(), ch.announce_callerid);
+        let (context, exten, announce) = (
+            ch.dp.context.clone(),
+            ch.dp.exten.clone(),
+            ch.announce_callerid,
+        );
         if announce {
             self.emit_chan(
                 two,
@@ -748,7 +794,11 @@ impl NodeState {
             .map(|(e, _)| e.to_string())
             .unwrap_or_default();
         let caller = ch.caller.clone();
-        let vars: Vec<(String, String)> = ch.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        let vars: Vec<(String, String)> = ch
+            .vars
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
         self.emit_dial(id, "");
         let from_node = self.cfg.name.clone();
         self.remote(
@@ -781,7 +831,11 @@ impl NodeState {
             // The dialed ;1 is answered when its ;2 answers; recorded order: ;1 Up first.
             (Some(Peer::Local(one)), 2) => {
                 let one = one.clone();
-                if self.channels.get(&one).is_some_and(|c| c.state != ChanState::Up) {
+                if self
+                    .channels
+                    .get(&one)
+                    .is_some_and(|c| c.state != ChanState::Up)
+                {
                     if let Some(c) = self.channels.get_mut(&one) {
                         c.state = ChanState::Up;
                     }
@@ -792,10 +846,23 @@ impl NodeState {
                 }
                 self.set_state(id, ChanState::Up);
             }
-            (Some(Peer::Trunk { node, remote: Some(remote) }), _) => {
+            (
+                Some(Peer::Trunk {
+                    node,
+                    remote: Some(remote),
+                }),
+                _,
+            ) => {
                 let (node, remote) = (node.clone(), remote.clone());
                 self.set_state(id, ChanState::Up);
-                self.remote(node, 2, Action::ToOutbound { chan: remote, op: TrunkOp::Answer });
+                self.remote(
+                    node,
+                    2,
+                    Action::ToOutbound {
+                        chan: remote,
+                        op: TrunkOp::Answer,
+                    },
+                );
             }
             _ => self.set_state(id, ChanState::Up),
         }
@@ -845,8 +912,15 @@ impl NodeState {
         if ch.state != ChanState::Down {
             return;
         }
-        self.emit_dial(id, "RINGING");
-        self.set_state(id, ChanState::Ringing);
+        let local = ch.local_half == 1;
+        // Recorded orders differ: a Local ;1 reports its state first, a PJSIP leg the Dial.
+        if local {
+            self.set_state(id, ChanState::Ringing);
+            self.emit_dial(id, "RINGING");
+        } else {
+            self.emit_dial(id, "RINGING");
+            self.set_state(id, ChanState::Ringing);
+        }
     }
 
     /// Indicate ringing on `id` (`POST ring`, `Ringing()`): the caller side hears it.
@@ -859,7 +933,14 @@ impl NodeState {
             Some(Peer::Trunk {
                 node,
                 remote: Some(remote),
-            }) => self.remote(node, 2, Action::ToOutbound { chan: remote, op: TrunkOp::Ring }),
+            }) => self.remote(
+                node,
+                2,
+                Action::ToOutbound {
+                    chan: remote,
+                    op: TrunkOp::Ring,
+                },
+            ),
             _ => {}
         }
     }
@@ -881,7 +962,13 @@ impl NodeState {
     // ----- Stasis -----
 
     /// Put `id` into application `app`. False if the app does not exist on this node.
-    pub(crate) fn enter_stasis(&mut self, id: &str, app: &str, args: &[String], via_dialplan: bool) -> bool {
+    pub(crate) fn enter_stasis(
+        &mut self,
+        id: &str,
+        app: &str,
+        args: &[String],
+        via_dialplan: bool,
+    ) -> bool {
         let Some((app_id, _)) = self.apps.get_key_value(app) else {
             return false;
         };
@@ -943,7 +1030,13 @@ impl NodeState {
             return Ok(());
         }
         let generation = self.channels.get(id).map(|c| c.generation).unwrap_or(0);
-        self.later(0, Action::Step { chan: id.into(), generation });
+        self.later(
+            0,
+            Action::Step {
+                chan: id.into(),
+                generation,
+            },
+        );
         Ok(())
     }
 
@@ -1020,7 +1113,9 @@ impl NodeState {
                         t += 350;
                         self.send_digit(id, &peer, d, 100, t - 150);
                     }
-                    self.later(t, Action::Step { chan, generation });
+                    // SendDTMF returns a while after the last digit ends (the recorded next
+                    // priority came well after the last ChannelDtmfReceived).
+                    self.later(t + 600, Action::Step { chan, generation });
                     return;
                 }
                 Step::Goto { context, exten } => {
@@ -1035,24 +1130,30 @@ impl NodeState {
 
     /// Timer: continue the dialplan if nothing replaced it meanwhile.
     pub(crate) fn step_timer(&mut self, id: &str, generation: u64) {
-        if self.channels.get(id).is_some_and(|c| c.generation == generation) {
+        if self
+            .channels
+            .get(id)
+            .is_some_and(|c| c.generation == generation)
+        {
             self.run_steps(id);
         }
     }
 
     pub(crate) fn playback_step_done(&mut self, id: &str, generation: u64) {
-        if self.channels.get(id).is_some_and(|c| c.generation == generation && c.stasis.is_none()) {
+        if self
+            .channels
+            .get(id)
+            .is_some_and(|c| c.generation == generation && c.stasis.is_none())
+        {
             self.set_var(id, "PLAYBACKSTATUS", "SUCCESS");
             self.run_steps(id);
         }
     }
 
     pub(crate) fn originate_timeout(&mut self, id: &str, generation: u64) {
-        if self
-            .channels
-            .get(id)
-            .is_some_and(|c| c.generation == generation && c.state != ChanState::Up && c.dialstring.is_some())
-        {
+        if self.channels.get(id).is_some_and(|c| {
+            c.generation == generation && c.state != ChanState::Up && c.dialstring.is_some()
+        }) {
             self.emit_dial(id, "NOANSWER");
             self.hangup(id, HangupHow::Timeout(19));
         }
@@ -1061,7 +1162,14 @@ impl NodeState {
     // ----- DTMF -----
 
     /// Send one digit from `from` to the other side of its call, ending `at_ms` from now.
-    fn send_digit(&mut self, from: &str, peer: &Option<Peer>, digit: char, duration: u32, at_ms: u64) {
+    fn send_digit(
+        &mut self,
+        from: &str,
+        peer: &Option<Peer>,
+        digit: char,
+        duration: u32,
+        at_ms: u64,
+    ) {
         match peer {
             Some(Peer::Local(other)) => self.later(
                 at_ms,
@@ -1076,7 +1184,10 @@ impl NodeState {
                 // The inbound leg knows the outbound id; the outbound leg is known to the
                 // inbound node by (our node, our channel id).
                 let action = match remote {
-                    Some(r) => Action::ToOutbound { chan: r.clone(), op },
+                    Some(r) => Action::ToOutbound {
+                        chan: r.clone(),
+                        op,
+                    },
                     None => Action::ToInbound {
                         from_node: self.cfg.name.clone(),
                         from_chan: Id::from(from),
@@ -1114,7 +1225,10 @@ impl NodeState {
             id,
             "ChannelDtmfReceived",
             &[],
-            &[("digit", Val::S(d)), ("duration_ms", Val::N(duration as i64))],
+            &[
+                ("digit", Val::S(d)),
+                ("duration_ms", Val::N(duration as i64)),
+            ],
         );
     }
 
@@ -1149,13 +1263,16 @@ impl NodeState {
         let code = p.get("reason_code");
         let cause = match (reason, code) {
             (Some(_), Some(_)) => {
-                return Err(AriError::msg(400, "The reason and reason_code can't both be specified"));
+                return Err(AriError::msg(
+                    400,
+                    "The reason and reason_code can't both be specified",
+                ));
             }
             (Some(r), None) => reason_cause(r)
                 .ok_or_else(|| AriError::msg(400, "Invalid reason for hangup reason provided"))?,
-            (None, Some(c)) => c
-                .parse::<u32>()
-                .map_err(|_| AriError::msg(400, "Invalid reason for hangup reason code provided"))?,
+            (None, Some(c)) => c.parse::<u32>().map_err(|_| {
+                AriError::msg(400, "Invalid reason for hangup reason code provided")
+            })?,
             (None, None) => 16,
         };
         self.hangup(id, HangupHow::Ari(cause));
@@ -1199,6 +1316,8 @@ impl NodeState {
             self.hangup_request(id, Some(16), true);
         }
         match peer {
+            // On shutdown every channel is hung up on its own (cause 4 flag each).
+            Some(Peer::Local(_)) if shutdown => {}
             Some(Peer::Local(other)) => self.peer_hangup(&other, cause),
             Some(Peer::Trunk { node, remote }) => {
                 let op = TrunkOp::Hangup(if shutdown { None } else { Some(cause) });
@@ -1244,7 +1363,11 @@ impl NodeState {
     }
 
     fn qos_vars(&mut self, id: &str) {
-        if self.channels.get(id).is_some_and(|c| c.state == ChanState::Up) {
+        if self
+            .channels
+            .get(id)
+            .is_some_and(|c| c.state == ChanState::Up)
+        {
             for (k, v) in QOS_VARS {
                 self.set_var(id, k, v);
             }

@@ -83,7 +83,10 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
             n.control_url()
         );
     }
-    println!("  cluster control {} (kill/revive: POST /_sim/nodes/<node>/kill|revive)", cluster.control_url());
+    println!(
+        "  cluster control {} (kill/revive: POST /_sim/nodes/<node>/kill|revive)",
+        cluster.control_url()
+    );
     println!("Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     cluster.shutdown().await;

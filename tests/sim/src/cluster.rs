@@ -143,10 +143,9 @@ impl Cluster {
     }
 
     pub fn try_node(&self, name: &str) -> Option<NodeHandle> {
-        self.shared
-            .by_name
-            .get(name)
-            .map(|inner| NodeHandle { inner: inner.clone() })
+        self.shared.by_name.get(name).map(|inner| NodeHandle {
+            inner: inner.clone(),
+        })
     }
 
     /// All nodes, in configuration order.
@@ -154,17 +153,16 @@ impl Cluster {
         self.shared
             .nodes
             .iter()
-            .map(|inner| NodeHandle { inner: inner.clone() })
+            .map(|inner| NodeHandle {
+                inner: inner.clone(),
+            })
             .collect()
     }
 
     /// Base URL of the cluster control API (`http://127.0.0.1:<port>/_sim`), which also works
     /// while a node is killed.
     pub fn control_url(&self) -> String {
-        self.control
-            .as_ref()
-            .map(|c| c.url())
-            .unwrap_or_default()
+        self.control.as_ref().map(|c| c.url()).unwrap_or_default()
     }
 
     /// `(username, password)` for ARI.

@@ -205,7 +205,8 @@ mod tests {
         assert_eq!(t.nodes[0].name, "x");
         assert_eq!(t.playback_ms, 50);
         assert!(t.dialplan.lookup("default", "7000").is_some());
-        let j: ClusterConfig = serde_json::from_str(r#"{"nodes":[{"name":"a"},{"name":"a"}]}"#).unwrap();
+        let j: ClusterConfig =
+            serde_json::from_str(r#"{"nodes":[{"name":"a"},{"name":"a"}]}"#).unwrap();
         assert!(j.validate().is_err());
     }
 }

@@ -35,7 +35,9 @@ struct HangupBody {
 
 fn err(e: SimError) -> Response {
     let status = match e {
-        SimError::UnknownNode(_) | SimError::ChannelNotFound(_) | SimError::NoRoute { .. } => StatusCode::NOT_FOUND,
+        SimError::UnknownNode(_) | SimError::ChannelNotFound(_) | SimError::NoRoute { .. } => {
+            StatusCode::NOT_FOUND
+        }
         SimError::NodeDown(_) => StatusCode::CONFLICT,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
@@ -53,7 +55,11 @@ fn no_content(r: Result<(), SimError>) -> Response {
 
 fn op_call(n: &NodeHandle, call: InboundCall) -> Response {
     match n.inject_call(call) {
-        Ok(id) => (StatusCode::CREATED, Json(serde_json::json!({ "channel_id": id }))).into_response(),
+        Ok(id) => (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "channel_id": id })),
+        )
+            .into_response(),
         Err(e) => err(e),
     }
 }
@@ -73,10 +79,17 @@ fn op_info(n: &NodeHandle) -> serde_json::Value {
 
 pub(crate) fn node_router() -> Router<Arc<NodeInner>> {
     Router::new()
-        .route("/_sim", get(|State(n): State<Arc<NodeInner>>| async move { Json(op_info(&h(n))) }))
+        .route(
+            "/_sim",
+            get(|State(n): State<Arc<NodeInner>>| async move { Json(op_info(&h(n))) }),
+        )
         .route(
             "/_sim/calls",
-            post(|State(n): State<Arc<NodeInner>>, Json(c): Json<InboundCall>| async move { op_call(&h(n), c) }),
+            post(
+                |State(n): State<Arc<NodeInner>>, Json(c): Json<InboundCall>| async move {
+                    op_call(&h(n), c)
+                },
+            ),
         )
         .route(
             "/_sim/channels",
@@ -89,7 +102,9 @@ pub(crate) fn node_router() -> Router<Arc<NodeInner>> {
         .route(
             "/_sim/channels/{id}/dtmf",
             post(
-                |State(n): State<Arc<NodeInner>>, Path(id): Path<String>, Json(b): Json<DtmfBody>| async move {
+                |State(n): State<Arc<NodeInner>>,
+                 Path(id): Path<String>,
+                 Json(b): Json<DtmfBody>| async move {
                     no_content(h(n).press_dtmf_spaced(&id, &b.digits, b.interval_ms))
                 },
             ),
@@ -97,7 +112,9 @@ pub(crate) fn node_router() -> Router<Arc<NodeInner>> {
         .route(
             "/_sim/channels/{id}/hangup",
             post(
-                |State(n): State<Arc<NodeInner>>, Path(id): Path<String>, b: Option<Json<HangupBody>>| async move {
+                |State(n): State<Arc<NodeInner>>,
+                 Path(id): Path<String>,
+                 b: Option<Json<HangupBody>>| async move {
                     no_content(h(n).hangup_far_end(&id, b.and_then(|b| b.0.cause)))
                 },
             ),
@@ -114,7 +131,9 @@ pub(crate) fn node_router() -> Router<Arc<NodeInner>> {
         .route(
             "/_sim/dialplan/{context}/{exten}",
             put(
-                |State(n): State<Arc<NodeInner>>, Path((c, e)): Path<(String, String)>, Json(r): Json<Route>| async move {
+                |State(n): State<Arc<NodeInner>>,
+                 Path((c, e)): Path<(String, String)>,
+                 Json(r): Json<Route>| async move {
                     h(n).set_route(&c, &e, r);
                     StatusCode::NO_CONTENT
                 },
@@ -133,7 +152,9 @@ type Cs = Arc<ClusterShared>;
 fn node_of(c: &Cs, name: &str) -> Result<NodeHandle, Response> {
     c.by_name
         .get(name)
-        .map(|inner| NodeHandle { inner: inner.clone() })
+        .map(|inner| NodeHandle {
+            inner: inner.clone(),
+        })
         .ok_or_else(|| err(SimError::UnknownNode(name.to_string())))
 }
 

@@ -89,7 +89,14 @@ impl Step {
             Step::Wait(ms) => ("Wait", format_secs(*ms)),
             Step::Echo => ("Echo", String::new()),
             Step::Playback(s) => ("Playback", s.clone()),
-            Step::Hangup(c) => ("Hangup", if *c == 16 { String::new() } else { c.to_string() }),
+            Step::Hangup(c) => (
+                "Hangup",
+                if *c == 16 {
+                    String::new()
+                } else {
+                    c.to_string()
+                },
+            ),
             Step::Stasis { app, args } => ("Stasis", stasis_data(app, args)),
             Step::SendDtmf(d) => ("SendDTMF", d.clone()),
             Step::Goto { context, exten } => ("Goto", format!("{context},{exten},1")),
@@ -334,7 +341,10 @@ mod tests {
     fn default_dialplan_and_catch_all() {
         let d = Dialplan::default();
         assert_eq!(d.lookup("default", "9000"), Some(&Route::Echo));
-        assert!(matches!(d.lookup("from-trunk", "1234"), Some(Route::Goto { .. })));
+        assert!(matches!(
+            d.lookup("from-trunk", "1234"),
+            Some(Route::Goto { .. })
+        ));
         assert_eq!(d.lookup("default", "1234"), None);
         assert_eq!(d.lookup("nope", "8000"), None);
     }

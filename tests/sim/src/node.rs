@@ -140,7 +140,10 @@ impl NodeInner {
 
     /// HTTP basic auth or `api_key=user:pass`.
     pub(crate) fn auth_ok(&self, headers: &HeaderMap, query: Option<&str>) -> bool {
-        if let Some(h) = headers.get(axum::http::header::AUTHORIZATION).and_then(|h| h.to_str().ok()) {
+        if let Some(h) = headers
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|h| h.to_str().ok())
+        {
             if h == self.basic {
                 return true;
             }
@@ -156,7 +159,8 @@ impl NodeInner {
         {
             let pairs: Vec<(String, String)> = serde_urlencoded::from_str(q).unwrap_or_default();
             if let Some((_, key)) = pairs.iter().find(|(k, _)| k == "api_key") {
-                return key.split_once(':') == Some((self.username.as_str(), self.password.as_str()));
+                return key.split_once(':')
+                    == Some((self.username.as_str(), self.password.as_str()));
             }
         }
         false
@@ -189,7 +193,8 @@ impl NodeInner {
             Some(l) => l,
             None => return Err(SimError::Io(last_err.expect("bind failed"))),
         };
-        self.port.store(listener.local_addr()?.port(), Ordering::Release);
+        self.port
+            .store(listener.local_addr()?.port(), Ordering::Release);
         let router = crate::rest::router(self.clone());
         let (shutdown, rx) = oneshot::channel::<()>();
         let (kill, _) = watch::channel(false);
@@ -200,7 +205,11 @@ impl NodeInner {
                 })
                 .await;
         });
-        *self.server.lock() = Some(Server { shutdown, kill, task });
+        *self.server.lock() = Some(Server {
+            shutdown,
+            kill,
+            task,
+        });
         self.alive.store(true, Ordering::Release);
         Ok(())
     }
@@ -233,7 +242,10 @@ impl NodeInner {
             let _ = s.kill.send(true);
             let _ = s.shutdown.send(());
             let mut task = s.task;
-            if tokio::time::timeout(Duration::from_millis(300), &mut task).await.is_err() {
+            if tokio::time::timeout(Duration::from_millis(300), &mut task)
+                .await
+                .is_err()
+            {
                 task.abort();
                 let _ = task.await;
             }
@@ -251,9 +263,7 @@ impl NodeInner {
 fn peer_alive_fn(cluster: Weak<ClusterShared>) -> Arc<dyn Fn(&str) -> Option<bool> + Send + Sync> {
     Arc::new(move |name: &str| {
         let c = cluster.upgrade()?;
-        c.by_name
-            .get(name)
-            .map(|n| n.alive.load(Ordering::Acquire))
+        c.by_name.get(name).map(|n| n.alive.load(Ordering::Acquire))
     })
 }
 
@@ -367,7 +377,12 @@ impl NodeHandle {
     }
 
     /// [`Self::press_dtmf`] with a gap between digits.
-    pub fn press_dtmf_spaced(&self, channel: &str, digits: &str, interval_ms: u64) -> Result<(), SimError> {
+    pub fn press_dtmf_spaced(
+        &self,
+        channel: &str,
+        digits: &str,
+        interval_ms: u64,
+    ) -> Result<(), SimError> {
         self.check_alive()?;
         let effects = {
             let mut st = self.inner.state.lock();
@@ -375,7 +390,11 @@ impl NodeHandle {
                 return Err(SimError::ChannelNotFound(channel.to_string()));
             }
             let chan: crate::state::Id = channel.into();
-            for (i, d) in digits.chars().filter(|c| crate::channel::valid_digit(*c)).enumerate() {
+            for (i, d) in digits
+                .chars()
+                .filter(|c| crate::channel::valid_digit(*c))
+                .enumerate()
+            {
                 st.later(
                     i as u64 * interval_ms,
                     crate::state::Action::Dtmf {
@@ -441,7 +460,9 @@ impl NodeHandle {
                 bridge: c.bridge.as_ref().map(|b| b.to_string()),
                 peer: match &c.peer {
                     Some(crate::channel::Peer::Local(p)) => Some(p.to_string()),
-                    Some(crate::channel::Peer::Trunk { remote, .. }) => remote.as_ref().map(|r| r.to_string()),
+                    Some(crate::channel::Peer::Trunk { remote, .. }) => {
+                        remote.as_ref().map(|r| r.to_string())
+                    }
                     None => None,
                 },
                 variables: c.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),

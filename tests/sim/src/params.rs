@@ -53,17 +53,6 @@ impl Params {
     pub(crate) fn has_true(&self, name: &str) -> bool {
         matches!(self.get(name), Some("true") | Some("1") | Some("yes"))
     }
-
-    #[cfg(test)]
-    pub(crate) fn from_pairs(pairs: &[(&str, &str)]) -> Self {
-        Params {
-            pairs: pairs
-                .iter()
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .collect(),
-            variables: BTreeMap::new(),
-        }
-    }
 }
 
 #[cfg(test)]

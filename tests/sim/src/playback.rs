@@ -85,7 +85,11 @@ impl NodeState {
                 .map(|c| self.chan_targets(c))
                 .unwrap_or_default(),
             Target::Bridge(b) => {
-                let mut v = self.bridges.get(b).map(|b| b.apps.clone()).unwrap_or_default();
+                let mut v = self
+                    .bridges
+                    .get(b)
+                    .map(|b| b.apps.clone())
+                    .unwrap_or_default();
                 self.add_subscribe_all(&mut v);
                 v
             }
@@ -102,7 +106,12 @@ impl NodeState {
     }
 
     /// `POST /channels/{id}/play[/{playbackId}]` and `POST /bridges/{id}/play[/{playbackId}]`.
-    pub(crate) fn play_api(&mut self, target: Target, p: &Params, path_pb: Option<&str>) -> Result<String, AriError> {
+    pub(crate) fn play_api(
+        &mut self,
+        target: Target,
+        p: &Params,
+        path_pb: Option<&str>,
+    ) -> Result<String, AriError> {
         match &target {
             Target::Channel(c) => {
                 let ch = self.chan(c)?;
@@ -177,7 +186,13 @@ impl NodeState {
         let media = p.media[p.idx].clone();
         self.emit_pb("PlaybackStarted", pb, "playing");
         if let Some(ms) = self.media_ms(&media) {
-            self.later(ms, Action::PlaybackDone { pb: pb.clone(), generation });
+            self.later(
+                ms,
+                Action::PlaybackDone {
+                    pb: pb.clone(),
+                    generation,
+                },
+            );
         }
     }
 
@@ -273,7 +288,10 @@ impl NodeState {
             return Err(AriError::msg(400, &format!("Invalid operation {op}")));
         }
         match (op, state) {
-            (_, PbState::Queued) => Err(AriError::msg(409, &format!("Can only {op} while media is playing"))),
+            (_, PbState::Queued) => Err(AriError::msg(
+                409,
+                &format!("Can only {op} while media is playing"),
+            )),
             ("pause", PbState::Playing) => {
                 let p = self.playbacks.get_mut(id).expect("checked");
                 p.state = PbState::Paused;
@@ -285,7 +303,10 @@ impl NodeState {
                 self.start_item(&pid);
                 Ok(())
             }
-            (_, PbState::Paused) => Err(AriError::msg(409, &format!("Can only {op} while media is playing"))),
+            (_, PbState::Paused) => Err(AriError::msg(
+                409,
+                &format!("Can only {op} while media is playing"),
+            )),
             ("restart", _) => {
                 // Restart the current item: re-arm its timer without a new event.
                 let p = self.playbacks.get_mut(id).expect("checked");
@@ -293,7 +314,13 @@ impl NodeState {
                 let generation = p.generation;
                 let media = p.media[p.idx].clone();
                 if let Some(ms) = self.media_ms(&media) {
-                    self.later(ms, Action::PlaybackDone { pb: pid, generation });
+                    self.later(
+                        ms,
+                        Action::PlaybackDone {
+                            pb: pid,
+                            generation,
+                        },
+                    );
                 }
                 Ok(())
             }

@@ -33,8 +33,10 @@ pub(crate) fn router(node: Arc<NodeInner>) -> Router {
 pub(crate) fn json_response(status: StatusCode, body: String) -> Response {
     let mut r = Response::new(Body::from(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -222,7 +224,9 @@ fn handle(node: &Arc<NodeInner>, method: &Method, path: &str, p: &Params) -> Res
         ("GET", ["bridges", id]) => st.get_bridge(id).map(Ok2::Json),
         ("POST", ["bridges", id]) => st.create_bridge(p, Some(id)).map(Ok2::Json),
         ("DELETE", ["bridges", id]) => st.destroy_bridge_api(id).map(|_| Ok2::NoContent),
-        ("POST", ["bridges", id, "addChannel"]) => st.add_channels_api(id, p).map(|_| Ok2::NoContent),
+        ("POST", ["bridges", id, "addChannel"]) => {
+            st.add_channels_api(id, p).map(|_| Ok2::NoContent)
+        }
         ("POST", ["bridges", id, "removeChannel"]) => {
             st.remove_channels_api(id, p).map(|_| Ok2::NoContent)
         }
@@ -237,11 +241,15 @@ fn handle(node: &Arc<NodeInner>, method: &Method, path: &str, p: &Params) -> Res
 
         ("GET", ["playbacks", id]) => st.get_playback(id).map(Ok2::Json),
         ("DELETE", ["playbacks", id]) => st.stop_playback(id).map(|_| Ok2::NoContent),
-        ("POST", ["playbacks", id, "control"]) => st.control_playback(id, p).map(|_| Ok2::NoContent),
+        ("POST", ["playbacks", id, "control"]) => {
+            st.control_playback(id, p).map(|_| Ok2::NoContent)
+        }
 
         ("GET", ["applications"]) => Ok(Ok2::Json(st.list_apps())),
         ("GET", ["applications", app]) => st.get_app(app).map(Ok2::Json),
-        ("POST", ["applications", app, "subscription"]) => st.subscribe_api(app, p, true).map(Ok2::Json),
+        ("POST", ["applications", app, "subscription"]) => {
+            st.subscribe_api(app, p, true).map(Ok2::Json)
+        }
         ("DELETE", ["applications", app, "subscription"]) => {
             st.subscribe_api(app, p, false).map(Ok2::Json)
         }

@@ -77,7 +77,11 @@ pub(crate) enum Action {
     /// An ARI playback item finished.
     PlaybackDone { pb: Id, generation: u64 },
     /// A DTMF digit ends on `chan` (ChannelDtmfReceived).
-    Dtmf { chan: Id, digit: char, duration: u32 },
+    Dtmf {
+        chan: Id,
+        digit: char,
+        duration: u32,
+    },
     /// The originate timeout of a dialed channel.
     OriginateTimeout { chan: Id, generation: u64 },
     /// An inbound trunk call arrives from `from_node`.
@@ -105,7 +109,10 @@ pub(crate) enum TrunkOp {
     Answer,
     /// The other leg hung up (`None`: its node died, the BYE carries no cause).
     Hangup(Option<u32>),
-    Dtmf { digit: char, duration: u32 },
+    Dtmf {
+        digit: char,
+        duration: u32,
+    },
 }
 
 /// A value in an event field.
@@ -243,7 +250,13 @@ impl NodeState {
     /// Emit a channel event: `{<before>, type, timestamp, <after>, channel, asterisk_id,
     /// application}` (field order as recorded: ChannelVarset/ChannelHangupRequest put their own
     /// fields before `type`).
-    pub(crate) fn emit_chan(&mut self, id: &str, ty: &str, before: &[(&str, Val)], after: &[(&str, Val)]) {
+    pub(crate) fn emit_chan(
+        &mut self,
+        id: &str,
+        ty: &str,
+        before: &[(&str, Val)],
+        after: &[(&str, Val)],
+    ) {
         let Some(ch) = self.channels.get(id) else {
             return;
         };
@@ -395,7 +408,9 @@ impl NodeState {
     pub(crate) fn apply(&mut self, action: Action) {
         match action {
             Action::Step { chan, generation } => self.step_timer(&chan, generation),
-            Action::PlaybackStepDone { chan, generation } => self.playback_step_done(&chan, generation),
+            Action::PlaybackStepDone { chan, generation } => {
+                self.playback_step_done(&chan, generation)
+            }
             Action::LocalStart { chan } => self.local_start(&chan),
             Action::TrunkStart { chan } => self.trunk_start(&chan),
             Action::PlaybackDone { pb, generation } => self.playback_done(&pb, generation),
@@ -404,7 +419,9 @@ impl NodeState {
                 digit,
                 duration,
             } => self.dtmf_event(&chan, digit, duration),
-            Action::OriginateTimeout { chan, generation } => self.originate_timeout(&chan, generation),
+            Action::OriginateTimeout { chan, generation } => {
+                self.originate_timeout(&chan, generation)
+            }
             Action::TrunkInbound {
                 from_node,
                 from_chan,

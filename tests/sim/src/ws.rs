@@ -9,7 +9,7 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -114,8 +114,15 @@ async fn run(
             incoming = stream.next() => {
                 match incoming {
                     Some(Ok(Message::Close(_))) | None | Some(Err(_)) => {
-                        // The client closed: its apps go away; answer the close frame.
+                        // The client closed: its apps go away; answer with 1000 and an
+                        // empty reason, as recorded.
                         node.state.lock().unregister_conn(conn.id);
+                        let _ = sink
+                            .send(Message::Close(Some(CloseFrame {
+                                code: 1000,
+                                reason: "".into(),
+                            })))
+                            .await;
                         let _ = sink.close().await;
                         return;
                     }

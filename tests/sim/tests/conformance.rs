@@ -14,14 +14,22 @@ fn assert_clean(name: &str, rp: &replay::Replay) {
     for m in &rp.report.mismatches {
         eprintln!("  MISMATCH {m}");
     }
-    assert!(rp.report.mismatches.is_empty(), "{name}: {} mismatches", rp.report.mismatches.len());
+    assert!(
+        rp.report.mismatches.is_empty(),
+        "{name}: {} mismatches",
+        rp.report.mismatches.len()
+    );
     assert!(rp.report.rest_total > 0 || rp.report.channels_total > 0);
 }
 
 /// BRIDGEPEER/BRIDGEPVTCALLID change whenever Asterisk's internal announcer channels join a
 /// bridge (playback, MOH); the simulator has no announcer channels.
 fn bridgepeer(e: &Value) -> bool {
-    e["type"] == "ChannelVarset" && matches!(e["variable"].as_str(), Some("BRIDGEPEER") | Some("BRIDGEPVTCALLID"))
+    e["type"] == "ChannelVarset"
+        && matches!(
+            e["variable"].as_str(),
+            Some("BRIDGEPEER") | Some("BRIDGEPVTCALLID")
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,7 +77,11 @@ async fn hangup_causes_and_errors() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dtmf_and_playback_control() {
-    let rp = run(Options::new("dtmf_and_playback_control.json"), recorded_cfg()).await;
+    let rp = run(
+        Options::new("dtmf_and_playback_control.json"),
+        recorded_cfg(),
+    )
+    .await;
     assert_clean("dtmf_and_playback_control", &rp);
 }
 
@@ -81,7 +93,9 @@ async fn bridge_conference_3party() {
         bridgepeer(e)
             || matches!(
                 e["type"].as_str(),
-                Some("ChannelTalkingStarted") | Some("ChannelTalkingFinished") | Some("ChannelConnectedLine")
+                Some("ChannelTalkingStarted")
+                    | Some("ChannelTalkingFinished")
+                    | Some("ChannelConnectedLine")
                     | Some("ChannelCallerId")
             )
     };
@@ -94,8 +108,22 @@ async fn sipp_anonymous_inbound() {
     let mut o = Options::new("sipp_anonymous_inbound.json");
     // sipp is replaced by the control API: an inbound call to stasis/4242, BYE after 4 s.
     o.hooks = vec![
-        (0.1, Hook::Inject { node: "a", context: "stasis", exten: "4242" }),
-        (4.12, Hook::FarHangup { label: "a", nth: 0, cause: None }),
+        (
+            0.1,
+            Hook::Inject {
+                node: "a",
+                context: "stasis",
+                exten: "4242",
+            },
+        ),
+        (
+            4.12,
+            Hook::FarHangup {
+                label: "a",
+                nth: 0,
+                cause: None,
+            },
+        ),
     ];
     let rp = run(o, recorded_cfg()).await;
     assert_clean("sipp_anonymous_inbound", &rp);
@@ -115,7 +143,10 @@ async fn rest_basics() {
     };
     o.skip_request = |r| {
         let p = r["path"].as_str().unwrap_or("");
-        p.starts_with("/ari/asterisk/modules") || p.starts_with("/ari/asterisk/logging") || p.starts_with("/ari/asterisk/config") || p.starts_with("/ari/sounds/")
+        p.starts_with("/ari/asterisk/modules")
+            || p.starts_with("/ari/asterisk/logging")
+            || p.starts_with("/ari/asterisk/config")
+            || p.starts_with("/ari/sounds/")
     };
     let rp = run(o, recorded_cfg()).await;
     assert_clean("rest_basics", &rp);
@@ -125,7 +156,7 @@ async fn rest_basics() {
 async fn node_stop_and_restart() {
     let mut o = Options::new("node_stop_and_restart.json");
     o.hooks = vec![
-        (0.57, Hook::Kill("a")),
+        (0.575, Hook::Kill("a")),
         (5.3, Hook::Revive("a")),
         // Recorded reconnect of the app websocket after the restart.
         (9.2, Hook::Connect("a_reconnect")),
@@ -136,7 +167,10 @@ async fn node_stop_and_restart() {
     let rp = run(o, recorded_cfg()).await;
     assert_clean("node_stop_and_restart", &rp);
     // The killed node's socket ended without a close frame (1006), as recorded.
-    assert_eq!(rp.ws["a"].closed.lock().clone(), Some(common::Closed::Abnormal));
+    assert_eq!(
+        rp.ws["a"].closed.lock().clone(),
+        Some(common::Closed::Abnormal)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -69,7 +69,11 @@ impl Ws {
                 }
             }
         });
-        Ok(Ws { events, closed, out })
+        Ok(Ws {
+            events,
+            closed,
+            out,
+        })
     }
 
     pub fn events(&self) -> Vec<Value> {
@@ -88,7 +92,12 @@ impl Ws {
     }
 
     /// Wait for the first event (from index `from`) matching `pred`.
-    pub async fn wait_for(&self, from: usize, timeout_ms: u64, pred: impl Fn(&Value) -> bool) -> Option<Value> {
+    pub async fn wait_for(
+        &self,
+        from: usize,
+        timeout_ms: u64,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Option<Value> {
         let deadline = Instant::now() + Duration::from_millis(timeout_ms);
         loop {
             if let Some(v) = self.events.lock().iter().skip(from).find(|e| pred(e)) {
@@ -103,8 +112,10 @@ impl Ws {
 
     /// Wait for an event of `ty` about channel `chan`.
     pub async fn wait_chan(&self, ty: &str, chan: &str, timeout_ms: u64) -> Option<Value> {
-        self.wait_for(0, timeout_ms, |e| e["type"] == ty && e["channel"]["id"] == chan)
-            .await
+        self.wait_for(0, timeout_ms, |e| {
+            e["type"] == ty && e["channel"]["id"] == chan
+        })
+        .await
     }
 
     pub async fn wait_closed(&self, timeout_ms: u64) -> Option<Closed> {
@@ -121,7 +132,11 @@ impl Ws {
     }
 
     pub fn close(&self) {
-        let _ = self.out.send(Message::Close(None));
+        use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
+        let _ = self.out.send(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "client done".into(),
+        })));
     }
 }
 
@@ -141,7 +156,11 @@ impl Ari {
     }
 
     /// `method path?query` → (status, body as JSON or Null). Errors are connection failures.
-    pub async fn call(&self, method: &str, path_and_query: &str) -> Result<(u16, Value), reqwest::Error> {
+    pub async fn call(
+        &self,
+        method: &str,
+        path_and_query: &str,
+    ) -> Result<(u16, Value), reqwest::Error> {
         let url = format!("{}{}", self.base, path_and_query);
         let m = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
         let r = self
@@ -152,7 +171,11 @@ impl Ari {
             .await?;
         let status = r.status().as_u16();
         let text = r.text().await?;
-        let v = serde_json::from_str(&text).unwrap_or(if text.is_empty() { Value::Null } else { Value::String(text) });
+        let v = serde_json::from_str(&text).unwrap_or(if text.is_empty() {
+            Value::Null
+        } else {
+            Value::String(text)
+        });
         Ok((status, v))
     }
 

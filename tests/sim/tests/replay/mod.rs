@@ -27,7 +27,11 @@ pub enum Hook {
         exten: &'static str,
     },
     /// The far end of the channel that had the `n`-th StasisStart on `label` hangs up.
-    FarHangup { label: &'static str, nth: usize, cause: Option<u32> },
+    FarHangup {
+        label: &'static str,
+        nth: usize,
+        cause: Option<u32>,
+    },
 }
 
 pub struct Options {
@@ -147,7 +151,9 @@ impl Replay {
     fn map_value(&self, v: &str) -> String {
         v.split(',')
             .map(|part| match part.split_once(':') {
-                Some((k, id)) if matches!(k, "channel" | "bridge") => format!("{k}:{}", self.map_id(id)),
+                Some((k, id)) if matches!(k, "channel" | "bridge") => {
+                    format!("{k}:{}", self.map_id(id))
+                }
                 _ => self.map_id(part),
             })
             .collect::<Vec<_>>()
@@ -180,7 +186,10 @@ impl Replay {
         let deadline = Instant::now() + Duration::from_millis(2500);
         loop {
             let behind = self.ws.iter().any(|(label, ws)| {
-                let want = rec_events(&self.rec, label).iter().filter(|(et, _)| *et < t).count();
+                let want = rec_events(&self.rec, label)
+                    .iter()
+                    .filter(|(et, _)| *et < t)
+                    .count();
                 ws.count() < want
             });
             if !behind || Instant::now() > deadline {
@@ -196,8 +205,14 @@ impl Replay {
     }
 
     async fn connect(&mut self, label: &str) {
-        let inst = self.rec["websockets"][label]["instance"].as_str().unwrap_or("a").to_string();
-        let app = self.rec["websockets"][label]["app"].as_str().unwrap_or("conf").to_string();
+        let inst = self.rec["websockets"][label]["instance"]
+            .as_str()
+            .unwrap_or(label)
+            .to_string();
+        let app = self.rec["websockets"][label]["app"]
+            .as_str()
+            .unwrap_or("conf")
+            .to_string();
         let url = self.cluster.node(&inst).ws_url(&app);
         if let Ok(ws) = Ws::try_connect(&url).await {
             self.ws.insert(label.to_string(), ws);
@@ -222,7 +237,12 @@ impl Replay {
             .chain(
                 r["query"]
                     .as_object()
-                    .map(|q| q.values().filter_map(|v| v.as_str()).flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>()).collect::<Vec<_>>())
+                    .map(|q| {
+                        q.values()
+                            .filter_map(|v| v.as_str())
+                            .flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>())
+                            .collect::<Vec<_>>()
+                    })
                     .unwrap_or_default(),
             )
             .filter(|s| is_server_id(s))
@@ -249,7 +269,10 @@ impl Replay {
         let url = format!("{}{}", base.base, path);
         let mut req = base
             .http
-            .request(reqwest::Method::from_bytes(method.as_bytes()).unwrap(), &url)
+            .request(
+                reqwest::Method::from_bytes(method.as_bytes()).unwrap(),
+                &url,
+            )
             .query(&query);
         if r["request_headers"]["Authorization"].is_string() {
             req = req.basic_auth("asterisk", Some("asterisk"));
@@ -265,10 +288,10 @@ impl Replay {
                 self.report.rest_status_ok += 1;
                 self.report.rest_shape_ok += 1;
             }
-            (None, Ok(resp)) => self
-                .report
-                .mismatches
-                .push(format!("{what}: recorded connection error, sim answered {}", resp.status())),
+            (None, Ok(resp)) => self.report.mismatches.push(format!(
+                "{what}: recorded connection error, sim answered {}",
+                resp.status()
+            )),
             (Some(s), Err(e)) => self
                 .report
                 .mismatches
@@ -284,9 +307,9 @@ impl Replay {
                 if status == s {
                     self.report.rest_status_ok += 1;
                 } else {
-                    self.report
-                        .mismatches
-                        .push(format!("{what}: status recorded {s} sim {status} body {body}"));
+                    self.report.mismatches.push(format!(
+                        "{what}: status recorded {s} sim {status} body {body}"
+                    ));
                 }
                 let rec_body = &r["response_body"];
                 if (self.opts.skip_shape)(rec_path) || shape(rec_body) == shape(&body) {
@@ -318,7 +341,11 @@ impl Replay {
                     ws.wait_closed(1000).await;
                 }
             }
-            Hook::Inject { node, context, exten } => {
+            Hook::Inject {
+                node,
+                context,
+                exten,
+            } => {
                 self.cluster
                     .node(node)
                     .inject_call(stasis_sim::InboundCall {
@@ -339,8 +366,14 @@ impl Replay {
                     .nth(*nth)
                     .and_then(|e| e["channel"]["id"].as_str().map(str::to_string))
                     .expect("StasisStart to hang up");
-                let inst = self.rec["websockets"][*label]["instance"].as_str().unwrap_or("a").to_string();
-                self.cluster.node(&inst).hangup_far_end(&id, *cause).expect("hangup");
+                let inst = self.rec["websockets"][*label]["instance"]
+                    .as_str()
+                    .unwrap_or(label)
+                    .to_string();
+                self.cluster
+                    .node(&inst)
+                    .hangup_far_end(&id, *cause)
+                    .expect("hangup");
             }
         }
     }
@@ -362,8 +395,11 @@ impl Replay {
                 }
                 sim_groups.entry(key(&e)).or_default().push(e);
             }
-            let keys: std::collections::BTreeSet<String> =
-                rec_groups.keys().chain(sim_groups.keys()).cloned().collect();
+            let keys: std::collections::BTreeSet<String> = rec_groups
+                .keys()
+                .chain(sim_groups.keys())
+                .cloned()
+                .collect();
             for k in keys {
                 self.report.channels_total += 1;
                 let empty = vec![];
@@ -410,9 +446,14 @@ pub async fn run(opts: Options, cfg: ClusterConfig) -> Replay {
         opts,
         report: Report::default(),
     };
+    // Connect the initial sockets when the recording did (some requests precede them).
+    let mut connects = Vec::new();
     for label in rp.opts.initial_ws.clone() {
         if rec["websockets"][label].is_object() || rec["events"][label].is_array() {
-            rp.connect(label).await;
+            let at = rec["websockets"][label]["connected_at"]
+                .as_f64()
+                .unwrap_or(0.0);
+            connects.push(((at - 0.001).max(0.0), Hook::Connect(label)));
         }
     }
     enum Item {
@@ -426,10 +467,15 @@ pub async fn run(opts: Options, cfg: ClusterConfig) -> Replay {
         .into_iter()
         .map(|r| (r["t"].as_f64().unwrap_or(0.0), Item::Rest(r)))
         .collect();
-    for (t, h) in rp.opts.hooks.clone() {
+    for (t, h) in connects.into_iter().chain(rp.opts.hooks.clone()) {
         items.push((t, Item::Hook(h)));
     }
-    items.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap());
+    // Hooks first at equal times (a socket connected "at" a request time precedes it).
+    items.sort_by(|a, b| {
+        a.0.partial_cmp(&b.0)
+            .unwrap()
+            .then_with(|| matches!(a.1, Item::Rest(_)).cmp(&matches!(b.1, Item::Rest(_))))
+    });
     let start = Instant::now();
     for (t, item) in items {
         let at = start + Duration::from_secs_f64(t);

@@ -1,0 +1,720 @@
+//! Cluster-wide bridges: one conference, whichever nodes its callers landed on.
+//!
+//! A bridge id means the same conference on every node. The first node to create it is its
+//! **home**; each other node with a participant holds a **part**: a local bridge with the
+//! same id, linked to the home bridge by exactly one **trunk leg** per (node, conference),
+//! not one per participant. The leg is a call the host originates from the part's node with
+//! the node's trunk template (`PJSIP/{exten}@trunk-{node}`); it arrives at the home node,
+//! enters the host's internal app [`TRUNK_APP`] with the conference id as Stasis argument,
+//! and is answered and added to the home bridge. The originating half enters [`TRUNK_APP`]
+//! when answered and is added to its local bridge. Legs never reach an app.
+//!
+//! While a part has participants but no working leg, its bridge plays music on hold, and the
+//! leg is re-dialled with backoff: a caller is never left alone in silence. When a part is
+//! left with no participant its leg is hung up and its bridge deleted; an empty home bridge
+//! is deleted. When the home node dies a surviving part becomes home and the others re-dial.
+//!
+//! Each conference's state sits behind its own async lock, so joins to one conference are
+//! serialised (one home, one leg per node, even when the first callers arrive on two nodes
+//! at once) while different conferences proceed in parallel.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use reqwest::Method;
+use tracing::{debug, info, warn};
+
+use crate::backend::{AriError, BridgeType};
+use crate::cluster::{Cluster, Node};
+use crate::ownership::Ownership;
+
+/// The ARI application trunk legs enter on every node. The host subscribes it on every node;
+/// the nodes' `from-trunk` dialplan sends conference legs to it (see deploy/asterisk/).
+pub const TRUNK_APP: &str = "stasis-trunk";
+
+/// Prefix of the extension a trunk leg dials: `stasis-<conference id>`.
+pub const TRUNK_EXTEN_PREFIX: &str = "stasis-";
+
+/// How long a trunk leg may ring before Asterisk gives up; the host re-dials after that.
+/// Short on purpose: a dead peer can otherwise hold an originate for 30 s.
+const LEG_RING_SECS: u32 = 10;
+
+/// Longest wait between two dial attempts of a leg.
+const MAX_REDIAL: Duration = Duration::from_secs(5);
+
+/// The link of a part to the home bridge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Leg {
+    /// No link (home part, or a part waiting for its next attempt).
+    None,
+    /// Originated, not answered yet.
+    Dialing { channel: String },
+    /// Answered and in the local bridge.
+    Up { channel: String },
+}
+
+impl Leg {
+    fn channel(&self) -> Option<&str> {
+        match self {
+            Leg::None => None,
+            Leg::Dialing { channel } | Leg::Up { channel } => Some(channel),
+        }
+    }
+}
+
+/// One node's share of a conference.
+#[derive(Debug)]
+struct Part {
+    /// Participant channels (the apps' channels) in this node's bridge.
+    members: HashSet<String>,
+    /// For a non-home part: its link to the home bridge.
+    leg: Leg,
+    /// Failed dial attempts in a row (drives the backoff).
+    attempts: u32,
+    /// For the home part: the arriving legs from the other parts.
+    inbound_legs: HashSet<String>,
+    /// Music on hold is playing in this part's bridge.
+    moh: bool,
+}
+
+impl Part {
+    fn new() -> Part {
+        Part { members: HashSet::new(), leg: Leg::None, attempts: 0, inbound_legs: HashSet::new(), moh: false }
+    }
+}
+
+#[derive(Debug)]
+struct Conference {
+    id: String,
+    kind: BridgeType,
+    home: String,
+    parts: BTreeMap<String, Part>,
+    /// Set when the conference is torn down; a stale handle must not act any more.
+    gone: bool,
+}
+
+/// What a channel is to the conferences.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Role {
+    Member { bridge: String, node: String },
+    /// The originating half of a part's leg.
+    LegOut { bridge: String, node: String },
+    /// The half that arrived at the home node.
+    LegIn { bridge: String, node: String },
+}
+
+type Shared = Arc<tokio::sync::Mutex<Conference>>;
+
+/// What dispatch tells the conferences, in event order (see [`Conferences::handle`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Note {
+    /// A channel entered [`TRUNK_APP`] on `node`.
+    LegStarted { node: String, channel: String, args: Vec<String> },
+    /// A channel left Stasis or was destroyed.
+    ChannelGone { channel: String },
+    /// A channel left a bridge.
+    LeftBridge { channel: String, bridge: String },
+    /// A node's bridge was destroyed.
+    BridgeDestroyed { node: String, bridge: String },
+    /// A node's event connection dropped.
+    NodeDown { node: String },
+}
+
+/// All conferences of the cluster; see the module docs.
+#[derive(Debug)]
+pub struct Conferences {
+    cluster: Arc<Cluster>,
+    ownership: Arc<Ownership>,
+    bridges: Mutex<HashMap<String, Shared>>,
+    roles: Mutex<HashMap<String, Role>>,
+    me: Weak<Conferences>,
+}
+
+fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+/// Conference ids travel in SIP URIs and dialplan arguments.
+fn check_id(id: &str) -> Result<(), AriError> {
+    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+        Ok(())
+    } else {
+        Err(AriError::Invalid(format!("bridge id {id:?}: use 1-64 letters, digits, '-', '_' or '.'")))
+    }
+}
+
+impl Conferences {
+    pub fn new(cluster: Arc<Cluster>, ownership: Arc<Ownership>) -> Arc<Conferences> {
+        Arc::new_cyclic(|me| Conferences {
+            cluster,
+            ownership,
+            bridges: Mutex::new(HashMap::new()),
+            roles: Mutex::new(HashMap::new()),
+            me: me.clone(),
+        })
+    }
+
+    fn node(&self, name: &str) -> Result<Arc<Node>, AriError> {
+        let node = self
+            .cluster
+            .node(name)
+            .cloned()
+            .ok_or_else(|| AriError::Unavailable(format!("node {name} is not configured")))?;
+        if node.is_up() { Ok(node) } else { Err(AriError::Unavailable(format!("node {name} is down"))) }
+    }
+
+    fn existing(&self, id: &str) -> Option<Shared> {
+        self.bridges.lock().get(id).cloned()
+    }
+
+    /// The conference `id`, created with `node` as home if it does not exist yet. The map
+    /// lock makes "first one wins" atomic: concurrent first callers agree on one home.
+    fn entry(&self, id: &str, kind: BridgeType, node: &str) -> Shared {
+        self.bridges
+            .lock()
+            .entry(id.to_string())
+            .or_insert_with(|| {
+                info!(bridge = id, home = node, "new conference");
+                Arc::new(tokio::sync::Mutex::new(Conference {
+                    id: id.to_string(),
+                    kind,
+                    home: node.to_string(),
+                    parts: BTreeMap::new(),
+                    gone: false,
+                }))
+            })
+            .clone()
+    }
+
+    /// Whether `channel` is a trunk leg (legs are hidden from apps).
+    pub fn is_leg(&self, channel: &str) -> bool {
+        matches!(self.roles.lock().get(channel), Some(Role::LegOut { .. } | Role::LegIn { .. }))
+    }
+
+    /// Whether the conferences care about `channel` at all (cheap, for dispatch).
+    pub fn involves(&self, channel: &str) -> bool {
+        self.roles.lock().contains_key(channel)
+    }
+
+    /// Drops legs from the `channels` list of a bridge in event JSON, so apps only ever see
+    /// participants. Returns `None` when nothing had to change.
+    pub fn hide_legs(&self, json: &str) -> Option<String> {
+        let mut value: serde_json::Value = serde_json::from_str(json).ok()?;
+        let channels = value.get_mut("bridge")?.get_mut("channels")?.as_array_mut()?;
+        let before = channels.len();
+        channels.retain(|c| c.as_str().is_none_or(|id| !self.is_leg(id)));
+        (channels.len() != before).then(|| value.to_string())
+    }
+
+    /// The node holding the home bridge of `id`.
+    pub fn home(&self, id: &str) -> Option<String> {
+        let shared = self.existing(id)?;
+        let conf = shared.try_lock().ok()?;
+        Some(conf.home.clone())
+    }
+
+    /// `get-or-create-bridge` from a call on `node`.
+    pub async fn get_or_create(&self, id: &str, kind: BridgeType, node: &str) -> Result<(), AriError> {
+        check_id(id)?;
+        let shared = self.entry(id, kind, node);
+        let mut conf = shared.lock().await;
+        if conf.gone {
+            drop(conf);
+            return Box::pin(self.get_or_create(id, kind, node)).await;
+        }
+        self.ensure_part(&mut conf, node).await
+    }
+
+    /// `bridge-add`: `channel` on `node` joins conference `id`.
+    pub async fn add(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
+        check_id(id)?;
+        let shared = match self.existing(id) {
+            Some(shared) => shared,
+            None => {
+                // A bridge the host did not create (made before a restart, or by another
+                // client): adopt it where it is, never invent it.
+                let found = self.find_bridge(id).await?;
+                let kind = BridgeType::Mixing;
+                let shared = self.entry(id, kind, &found);
+                shared.lock().await.parts.entry(found).or_insert_with(Part::new);
+                shared
+            }
+        };
+        let mut conf = shared.lock().await;
+        if conf.gone {
+            return Err(AriError::NotFound(format!("bridge {id} was destroyed")));
+        }
+        self.ensure_part(&mut conf, node).await?;
+        let target = self.node(node)?;
+        target
+            .client
+            .call(Method::POST, &format!("/bridges/{id}/addChannel"), &q(&[("channel", channel)]), None)
+            .await?;
+        // A channel moves out of any other conference it was in.
+        let previous = self.roles.lock().insert(
+            channel.to_string(),
+            Role::Member { bridge: id.to_string(), node: node.to_string() },
+        );
+        conf.parts.get_mut(node).expect("part ensured").members.insert(channel.to_string());
+        if node != conf.home {
+            self.link(&mut conf, node).await;
+        }
+        drop(conf);
+        if let Some(Role::Member { bridge, node }) = previous
+            && bridge != id
+        {
+            self.member_left(&bridge, &node, channel).await;
+        }
+        Ok(())
+    }
+
+    /// `bridge-remove`.
+    pub async fn remove(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
+        let target = self.node(node)?;
+        target
+            .client
+            .call(Method::POST, &format!("/bridges/{id}/removeChannel"), &q(&[("channel", channel)]), None)
+            .await?;
+        let was_member = {
+            let mut roles = self.roles.lock();
+            match roles.get(channel) {
+                Some(Role::Member { bridge, .. }) if bridge == id => roles.remove(channel).is_some(),
+                _ => false,
+            }
+        };
+        if was_member {
+            self.member_left(id, node, channel).await;
+        }
+        Ok(())
+    }
+
+    /// `bridge-destroy`: every part, every leg.
+    pub async fn destroy(&self, id: &str) -> Result<(), AriError> {
+        let Some(shared) = self.bridges.lock().remove(id) else {
+            let node = self.find_bridge(id).await?;
+            let node = self.node(&node)?;
+            node.client.call(Method::DELETE, &format!("/bridges/{id}"), &[], None).await?;
+            return Ok(());
+        };
+        let mut conf = shared.lock().await;
+        conf.gone = true;
+        let mut first_error = None;
+        let parts: Vec<String> = conf.parts.keys().cloned().collect();
+        for node in parts {
+            let part = conf.parts.remove(&node).expect("listed");
+            if let Err(e) = self.drop_part(&conf.id, &node, part).await {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// `play-on-bridge`: played in the home bridge, which every part hears through its leg.
+    pub async fn play(&self, id: &str, media: &str, playback_id: &str, fallback: &str) -> Result<(), AriError> {
+        let node = match self.home(id) {
+            Some(home) => home,
+            None => match self.existing(id) {
+                Some(shared) => shared.lock().await.home.clone(),
+                None => self.find_bridge(id).await.unwrap_or_else(|_| fallback.to_string()),
+            },
+        };
+        let node = self.node(&node)?;
+        let query = q(&[("media", media), ("playbackId", playback_id)]);
+        node.client.call(Method::POST, &format!("/bridges/{id}/play"), &query, None).await?;
+        Ok(())
+    }
+
+    /// The node to send a request about bridge `id` to: its home, else whichever node has it.
+    pub async fn locate(&self, id: &str) -> Result<String, AriError> {
+        match self.existing(id) {
+            Some(shared) => Ok(shared.lock().await.home.clone()),
+            None => self.find_bridge(id).await,
+        }
+    }
+
+    /// Which node has a bridge the host does not know: ask every healthy node.
+    async fn find_bridge(&self, id: &str) -> Result<String, AriError> {
+        let nodes = self.cluster.healthy();
+        let path = format!("/bridges/{id}");
+        let answers =
+            futures_util::future::join_all(nodes.iter().map(|n| n.client.send(Method::GET, &path, &[], None))).await;
+        nodes
+            .iter()
+            .zip(answers)
+            .find(|(_, a)| matches!(a, Ok(r) if r.status == 200))
+            .map(|(n, _)| n.name.clone())
+            .ok_or_else(|| AriError::NotFound(format!("bridge {id} is on no node")))
+    }
+
+    /// Makes sure `node` holds its local bridge of the conference.
+    async fn ensure_part(&self, conf: &mut Conference, node: &str) -> Result<(), AriError> {
+        if conf.parts.contains_key(node) {
+            return Ok(());
+        }
+        let target = self.node(node)?;
+        let path = format!("/bridges/{}", conf.id);
+        match target.client.call(Method::POST, &path, &q(&[("type", conf.kind.as_ari())]), None).await {
+            Ok(_) => {}
+            // Already there (left over from before a host restart): use it.
+            Err(AriError::Conflict(_)) => {
+                target.client.call(Method::GET, &path, &[], None).await?;
+            }
+            Err(e) => return Err(e),
+        }
+        conf.parts.insert(node.to_string(), Part::new());
+        Ok(())
+    }
+
+    /// Makes sure the part on `node` is linked to home, or dialling, or waiting with music.
+    async fn link(&self, conf: &mut Conference, node: &str) {
+        let (id, home) = (conf.id.clone(), conf.home.clone());
+        let Some(part) = conf.parts.get_mut(node) else { return };
+        if part.members.is_empty() {
+            return;
+        }
+        if !matches!(part.leg, Leg::Up { .. }) && !part.moh {
+            // Nobody is left alone in silence while the link is being made.
+            if let Ok(n) = self.node(node)
+                && n.client.call(Method::POST, &format!("/bridges/{id}/moh"), &[], None).await.is_ok()
+            {
+                part.moh = true;
+            }
+        }
+        if part.leg != Leg::None {
+            return;
+        }
+        let channel = format!("trunk-{:016x}", rand::random::<u64>());
+        let Ok(origin) = self.node(node) else { return };
+        let endpoint = origin
+            .config
+            .trunk
+            .replace("{exten}", &format!("{TRUNK_EXTEN_PREFIX}{id}"))
+            .replace("{node}", &home);
+        self.roles.lock().insert(channel.clone(), Role::LegOut { bridge: id.clone(), node: node.to_string() });
+        self.ownership.record_channel(&channel, node);
+        part.leg = Leg::Dialing { channel: channel.clone() };
+        let query = q(&[
+            ("endpoint", &endpoint),
+            ("app", TRUNK_APP),
+            ("appArgs", &format!("out,{id}")),
+            ("channelId", &channel),
+            ("timeout", &LEG_RING_SECS.to_string()),
+        ]);
+        debug!(bridge = %id, from = node, to = %home, %endpoint, leg = %channel, "dialling trunk leg");
+        if let Err(e) = origin.client.call(Method::POST, "/channels", &query, None).await {
+            warn!(bridge = %id, from = node, to = %home, error = %e, "trunk leg could not be placed");
+            self.roles.lock().remove(&channel);
+            self.ownership.forget_channel(&channel);
+            part.leg = Leg::None;
+            part.attempts += 1;
+            self.redial_later(&id, node, part.attempts);
+        }
+    }
+
+    /// Schedules another attempt at linking `node`'s part, with exponential backoff.
+    fn redial_later(&self, id: &str, node: &str, attempts: u32) {
+        let delay = (Duration::from_millis(100) * 2u32.pow(attempts.min(6))).min(MAX_REDIAL);
+        let jitter = Duration::from_millis(rand::random::<u64>() % 50);
+        let (me, id, node) = (self.me.clone(), id.to_string(), node.to_string());
+        tokio::spawn(async move {
+            tokio::time::sleep(delay + jitter).await;
+            let Some(me) = me.upgrade() else { return };
+            let Some(shared) = me.existing(&id) else { return };
+            let mut conf = shared.lock().await;
+            if !conf.gone && conf.home != node {
+                me.link(&mut conf, &node).await;
+            }
+        });
+    }
+
+    /// Applies one note. Dispatch sends notes through one queue so they are applied in the
+    /// order the nodes sent their events.
+    pub async fn handle(&self, note: Note) {
+        match note {
+            Note::LegStarted { node, channel, args } => self.leg_started(&node, &channel, &args).await,
+            Note::ChannelGone { channel } => self.channel_gone(&channel).await,
+            Note::LeftBridge { channel, bridge } => {
+                let member_here =
+                    matches!(self.roles.lock().get(&channel), Some(Role::Member { bridge: b, .. }) if *b == bridge);
+                if member_here {
+                    self.channel_gone(&channel).await;
+                }
+            }
+            Note::BridgeDestroyed { node, bridge } => self.bridge_destroyed(&bridge, &node).await,
+            Note::NodeDown { node } => self.node_down(&node).await,
+        }
+    }
+
+    /// A trunk leg entered [`TRUNK_APP`] on `node` (it was answered).
+    pub async fn leg_started(&self, node: &str, channel: &str, args: &[String]) {
+        let role = self.roles.lock().get(channel).cloned();
+        match role {
+            Some(Role::LegOut { bridge, node: part_node }) => self.leg_answered(&bridge, &part_node, channel).await,
+            _ => {
+                let id = args.last().map(|a| a.trim_start_matches(TRUNK_EXTEN_PREFIX).to_string()).unwrap_or_default();
+                self.leg_arrived(&id, node, channel).await
+            }
+        }
+    }
+
+    /// The originating half of a leg answered: put it in its local bridge, stop the music.
+    async fn leg_answered(&self, id: &str, node: &str, channel: &str) {
+        let Some(shared) = self.existing(id) else {
+            return self.hang_up(node, channel).await;
+        };
+        let mut conf = shared.lock().await;
+        let Some(part) = conf.parts.get_mut(node).filter(|p| p.leg.channel() == Some(channel)) else {
+            drop(conf);
+            return self.hang_up(node, channel).await;
+        };
+        let Ok(n) = self.node(node) else { return };
+        let added =
+            n.client.call(Method::POST, &format!("/bridges/{id}/addChannel"), &q(&[("channel", channel)]), None).await;
+        match added {
+            Ok(_) => {
+                info!(bridge = id, node, leg = channel, "trunk leg up");
+                part.leg = Leg::Up { channel: channel.to_string() };
+                part.attempts = 0;
+                if part.moh && n.client.call(Method::DELETE, &format!("/bridges/{id}/moh"), &[], None).await.is_ok() {
+                    part.moh = false;
+                }
+            }
+            Err(e) => {
+                warn!(bridge = id, node, leg = channel, error = %e, "cannot bridge the trunk leg");
+                drop(conf);
+                self.hang_up(node, channel).await;
+            }
+        }
+    }
+
+    /// A leg from another node arrived at `node`: answer it into the home bridge, or refuse it
+    /// when `node` is not (or no longer) the conference's home.
+    async fn leg_arrived(&self, id: &str, node: &str, channel: &str) {
+        let shared = self.existing(id);
+        let mut conf = match &shared {
+            Some(shared) => shared.lock().await,
+            None => {
+                warn!(bridge = id, node, leg = channel, "trunk leg for an unknown conference: hanging up");
+                return self.hang_up(node, channel).await;
+            }
+        };
+        if conf.gone || conf.home != node {
+            drop(conf);
+            return self.hang_up(node, channel).await;
+        }
+        self.roles.lock().insert(channel.to_string(), Role::LegIn { bridge: id.to_string(), node: node.to_string() });
+        let Ok(n) = self.node(node) else { return };
+        let joined = async {
+            self.ensure_part(&mut conf, node).await?;
+            n.client.call(Method::POST, &format!("/channels/{channel}/answer"), &[], None).await?;
+            n.client.call(Method::POST, &format!("/bridges/{id}/addChannel"), &q(&[("channel", channel)]), None).await
+        }
+        .await;
+        match joined {
+            Ok(_) => {
+                conf.parts.get_mut(node).expect("home part").inbound_legs.insert(channel.to_string());
+            }
+            Err(e) => {
+                warn!(bridge = id, node, leg = channel, error = %e, "cannot take the trunk leg into the home bridge");
+                self.roles.lock().remove(channel);
+                drop(conf);
+                self.hang_up(node, channel).await;
+            }
+        }
+    }
+
+    /// A channel the conferences know ended or left its bridge.
+    pub async fn channel_gone(&self, channel: &str) {
+        let Some(role) = self.roles.lock().remove(channel) else { return };
+        match role {
+            Role::Member { bridge, node } => self.member_left(&bridge, &node, channel).await,
+            Role::LegOut { bridge, node } => {
+                let Some(shared) = self.existing(&bridge) else { return };
+                let mut conf = shared.lock().await;
+                let gone = conf.gone;
+                let Some(part) = conf.parts.get_mut(&node).filter(|p| p.leg.channel() == Some(channel)) else {
+                    return;
+                };
+                let was_up = matches!(part.leg, Leg::Up { .. });
+                part.leg = Leg::None;
+                if !was_up {
+                    part.attempts += 1;
+                }
+                if part.members.is_empty() || gone {
+                    return;
+                }
+                warn!(bridge = %bridge, node = %node, leg = channel, "trunk leg lost: re-dialling");
+                let attempts = part.attempts;
+                if attempts == 0 {
+                    self.link(&mut conf, &node).await;
+                } else {
+                    // Make sure the music plays while we wait to retry.
+                    self.link_music_only(&mut conf, &node).await;
+                    self.redial_later(&bridge, &node, attempts);
+                }
+            }
+            Role::LegIn { bridge, node } => {
+                let Some(shared) = self.existing(&bridge) else { return };
+                let mut conf = shared.lock().await;
+                if let Some(part) = conf.parts.get_mut(&node) {
+                    part.inbound_legs.remove(channel);
+                }
+                self.teardown_home_if_idle(&mut conf).await;
+                let gone = conf.gone;
+                drop(conf);
+                if gone {
+                    self.bridges.lock().remove(&bridge);
+                }
+            }
+        }
+    }
+
+    async fn link_music_only(&self, conf: &mut Conference, node: &str) {
+        let id = conf.id.clone();
+        let Some(part) = conf.parts.get_mut(node) else { return };
+        if !part.moh
+            && let Ok(n) = self.node(node)
+            && n.client.call(Method::POST, &format!("/bridges/{id}/moh"), &[], None).await.is_ok()
+        {
+            part.moh = true;
+        }
+    }
+
+    /// A participant left: tear down what is no longer needed.
+    async fn member_left(&self, id: &str, node: &str, channel: &str) {
+        let Some(shared) = self.existing(id) else { return };
+        let mut conf = shared.lock().await;
+        let Some(part) = conf.parts.get_mut(node) else { return };
+        part.members.remove(channel);
+        if part.members.is_empty() && node != conf.home {
+            // Only the trunk leg is left in this part: hang it up and delete the bridge.
+            let part = conf.parts.remove(node).expect("present");
+            if let Err(e) = self.drop_part(id, node, part).await {
+                debug!(bridge = id, node, error = %e, "tearing down a part");
+            }
+        }
+        self.teardown_home_if_idle(&mut conf).await;
+        let gone = conf.gone;
+        drop(conf);
+        if gone {
+            self.bridges.lock().remove(id);
+        }
+    }
+
+    /// Deletes the home bridge once nobody is in the conference any more.
+    async fn teardown_home_if_idle(&self, conf: &mut Conference) {
+        let home = conf.home.clone();
+        let idle = conf.parts.iter().all(|(node, part)| node == &home && part.members.is_empty())
+            && conf.parts.get(&home).is_none_or(|p| p.inbound_legs.is_empty());
+        if !idle || conf.gone {
+            return;
+        }
+        conf.gone = true;
+        if let Some(part) = conf.parts.remove(&home) {
+            let _ = self.drop_part(&conf.id, &home, part).await;
+        }
+        info!(bridge = %conf.id, "conference empty: deleted");
+    }
+
+    /// Hangs up a part's legs and deletes its local bridge.
+    async fn drop_part(&self, id: &str, node: &str, part: Part) -> Result<(), AriError> {
+        let legs: Vec<String> = part.leg.channel().map(str::to_string).into_iter().chain(part.inbound_legs).collect();
+        {
+            let mut roles = self.roles.lock();
+            for channel in part.members.iter().chain(legs.iter()) {
+                roles.remove(channel);
+            }
+        }
+        for leg in &legs {
+            self.hang_up(node, leg).await;
+        }
+        let n = self.node(node)?;
+        match n.client.call(Method::DELETE, &format!("/bridges/{id}"), &[], None).await {
+            Ok(_) | Err(AriError::NotFound(_)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn hang_up(&self, node: &str, channel: &str) {
+        self.roles.lock().remove(channel);
+        if let Ok(n) = self.node(node) {
+            let _ = n.client.call(Method::DELETE, &format!("/channels/{channel}"), &[], None).await;
+        }
+    }
+
+    /// A node's bridge went away on its own (deleted by someone else, or the node restarted).
+    pub async fn bridge_destroyed(&self, id: &str, node: &str) {
+        let Some(shared) = self.existing(id) else { return };
+        let mut conf = shared.lock().await;
+        if conf.parts.remove(node).is_some() && conf.parts.is_empty() {
+            conf.gone = true;
+            drop(conf);
+            self.bridges.lock().remove(id);
+        }
+    }
+
+    /// A node went down: its parts are gone; conferences it was home to move to a survivor,
+    /// whose parts re-dial the new home.
+    pub async fn node_down(&self, node: &str) {
+        let all: Vec<Shared> = self.bridges.lock().values().cloned().collect();
+        for shared in all {
+            let mut conf = shared.lock().await;
+            let Some(lost) = conf.parts.remove(node) else { continue };
+            {
+                let mut roles = self.roles.lock();
+                for channel in lost.members.iter().chain(lost.inbound_legs.iter()).chain(lost.leg.channel().map(String::from).iter()) {
+                    roles.remove(channel);
+                }
+            }
+            if conf.home != node {
+                continue;
+            }
+            // Elect the surviving part with the most participants as the new home.
+            let Some(new_home) = conf
+                .parts
+                .iter()
+                .filter(|(_, p)| !p.members.is_empty())
+                .max_by_key(|(_, p)| p.members.len())
+                .map(|(n, _)| n.clone())
+            else {
+                conf.gone = true;
+                let id = conf.id.clone();
+                drop(conf);
+                self.bridges.lock().remove(&id);
+                continue;
+            };
+            warn!(bridge = %conf.id, old = node, new = %new_home, "home node lost: conference re-homed");
+            conf.home = new_home.clone();
+            let id = conf.id.clone();
+            let parts: Vec<String> = conf.parts.keys().cloned().collect();
+            for part_node in parts {
+                let part = conf.parts.get_mut(&part_node).expect("listed");
+                // Every old leg pointed at the dead home.
+                if let Some(leg) = part.leg.channel().map(str::to_string) {
+                    part.leg = Leg::None;
+                    part.attempts = 0;
+                    self.hang_up(&part_node, &leg).await;
+                }
+                if part_node == new_home {
+                    if let Some(part) = conf.parts.get_mut(&part_node)
+                        && part.moh
+                        && let Ok(n) = self.node(&part_node)
+                        && n.client.call(Method::DELETE, &format!("/bridges/{id}/moh"), &[], None).await.is_ok()
+                    {
+                        part.moh = false;
+                    }
+                } else {
+                    self.link(&mut conf, &part_node).await;
+                }
+            }
+        }
+    }
+
+    /// (conferences, legs) for tests and metrics.
+    pub fn sizes(&self) -> (usize, usize) {
+        let legs = self.roles.lock().values().filter(|r| !matches!(r, Role::Member { .. })).count();
+        (self.bridges.lock().len(), legs)
+    }
+}
