@@ -193,3 +193,31 @@ async fn several_apps_share_the_host_and_an_originated_channel_comes_back_to_its
     assert_eq!(conf(&rig).live_calls(), 1, "the conference app only has its own caller");
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_unknown_events_are_skipped_and_the_connection_stays_up() {
+    let rig = Rig::start(1, &[("conf", "conference")]).await;
+    let a = rig.node("a");
+    let before = rig.call("a", "Alice", "8000");
+    wait_for("Alice bridged", || in_bridge(&a, &before, "conf")).await;
+    let sockets_before = a.request_log().iter().filter(|r| r.path == "/ari/events").count();
+    for garbage in [
+        "{not json",
+        "[]",
+        r#"{"no_type": true}"#,
+        r#"{"type":"StasisStart","channel":"not an object","application":"conf"}"#,
+        r#"{"type":"ChannelDtmfReceived","application":"conf","channel":{"id":"x"}}"#,
+        r#"{"type":"SomethingFromAsterisk99","application":"conf","asterisk_id":"02:00:00:00:00:0a","weird":[1,2,3]}"#,
+        "",
+    ] {
+        assert!(a.send_raw_event("conf", garbage), "the app has a socket");
+    }
+    // The same socket still carries events: a new call is handled normally.
+    let after = rig.call("a", "Bob", "8000");
+    wait_for("Bob bridged after the garbage", || in_bridge(&a, &after, "conf")).await;
+    let sockets_after = a.request_log().iter().filter(|r| r.path == "/ari/events").count();
+    assert_eq!(sockets_before, sockets_after, "no reconnection was needed");
+    assert!(rig.host.cluster.node("a").unwrap().is_up());
+    assert_eq!(conf(&rig).live_calls(), 2, "Alice's call was not disturbed");
+    rig.stop().await;
+}

@@ -140,3 +140,38 @@ pub fn app_requests(node: &NodeHandle) -> Vec<String> {
 pub fn in_bridge(node: &NodeHandle, channel: &str, bridge: &str) -> bool {
     node.channel(channel).is_some_and(|c| c.state == "Up" && c.bridge.as_deref() == Some(bridge))
 }
+
+/// A host with its admin API served on an ephemeral loopback port, in front of `sim`.
+pub struct AdminHost {
+    pub host: Gateway,
+    pub apps: std::sync::Arc<stasis_host::apps::Apps>,
+    /// e.g. `http://127.0.0.1:PORT`
+    pub url: String,
+    server: tokio::task::JoinHandle<()>,
+}
+
+impl AdminHost {
+    /// Starts a host for `sim` with `extra` TOML (e.g. `[store]` settings) and serves its
+    /// admin API, requiring `token` if given.
+    pub async fn start(sim: &stasis_sim::Cluster, extra: &str, token: Option<&str>) -> AdminHost {
+        let host = Gateway::start(host_config(sim, extra), runtime_config()).await.expect("host starts");
+        let apps = stasis_host::apps::Apps::open(&host).await.expect("app store opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let url = format!("http://{}", listener.local_addr().expect("admin address"));
+        let (served, token) = (apps.clone(), token.map(str::to_string));
+        let server = tokio::spawn(async move {
+            stasis_host::admin::serve(listener, served, token.as_deref()).await.expect("admin API serves");
+        });
+        AdminHost { host, apps, url, server }
+    }
+
+    /// A client of this host's admin API.
+    pub fn client(&self, token: Option<&str>) -> stasis_host::admin_client::AdminClient {
+        stasis_host::admin_client::AdminClient::new(&self.url, token.map(str::to_string))
+    }
+
+    pub fn stop(self) {
+        self.server.abort();
+        self.host.shutdown();
+    }
+}

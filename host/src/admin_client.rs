@@ -20,7 +20,11 @@ pub enum ClientError {
         source: reqwest::Error,
     },
     #[error("{status}: {message}")]
-    Api { status: StatusCode, code: String, message: String },
+    Api {
+        status: StatusCode,
+        code: String,
+        message: String,
+    },
 }
 
 /// The admin API of one host.
@@ -43,7 +47,11 @@ impl AdminClient {
             .timeout(Duration::from_secs(300))
             .build()
             .expect("reqwest client builds");
-        AdminClient { base: base.trim_end_matches('/').to_string(), token: token.filter(|t| !t.is_empty()), http }
+        AdminClient {
+            base: base.trim_end_matches('/').to_string(),
+            token: token.filter(|t| !t.is_empty()),
+            http,
+        }
     }
 
     fn request(&self, method: Method, path: &str) -> reqwest::RequestBuilder {
@@ -56,9 +64,18 @@ impl AdminClient {
 
     async fn send(&self, request: reqwest::RequestBuilder) -> Result<Value, ClientError> {
         let url = self.base.clone();
-        let response = request.send().await.map_err(|source| ClientError::Transport { url: url.clone(), source })?;
+        let response = request
+            .send()
+            .await
+            .map_err(|source| ClientError::Transport {
+                url: url.clone(),
+                source,
+            })?;
         let status = response.status();
-        let text = response.text().await.map_err(|source| ClientError::Transport { url, source })?;
+        let text = response
+            .text()
+            .await
+            .map_err(|source| ClientError::Transport { url, source })?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if status.is_success() {
             return Ok(body);
@@ -67,7 +84,10 @@ impl AdminClient {
         Err(ClientError::Api {
             status,
             code: error["code"].as_str().unwrap_or("").to_string(),
-            message: error["message"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string()),
+            message: error["message"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string()),
         })
     }
 
@@ -82,7 +102,10 @@ impl AdminClient {
     ) -> Result<Value, ClientError> {
         let len = wasm.len();
         let bytes = bytes::Bytes::from(wasm);
-        let chunks: Vec<bytes::Bytes> = (0..len).step_by(CHUNK).map(|i| bytes.slice(i..(i + CHUNK).min(len))).collect();
+        let chunks: Vec<bytes::Bytes> = (0..len)
+            .step_by(CHUNK)
+            .map(|i| bytes.slice(i..(i + CHUNK).min(len)))
+            .collect();
         let mut sent = 0u64;
         let body = stream::iter(chunks.into_iter().map(move |chunk| {
             sent += chunk.len() as u64;
@@ -103,15 +126,21 @@ impl AdminClient {
     }
 
     pub async fn get(&self, name: &str) -> Result<Value, ClientError> {
-        self.send(self.request(Method::GET, &format!("/apps/{name}"))).await
+        self.send(self.request(Method::GET, &format!("/apps/{name}")))
+            .await
     }
 
     pub async fn delete(&self, name: &str, force: bool) -> Result<Value, ClientError> {
-        let path = if force { format!("/apps/{name}?force") } else { format!("/apps/{name}") };
+        let path = if force {
+            format!("/apps/{name}?force")
+        } else {
+            format!("/apps/{name}")
+        };
         self.send(self.request(Method::DELETE, &path)).await
     }
 
     pub async fn rollback(&self, name: &str) -> Result<Value, ClientError> {
-        self.send(self.request(Method::POST, &format!("/apps/{name}/rollback"))).await
+        self.send(self.request(Method::POST, &format!("/apps/{name}/rollback")))
+            .await
     }
 }

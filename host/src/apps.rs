@@ -81,13 +81,19 @@ impl UploadOptions {
             on_fault: self.on_fault.unwrap_or(d.on_fault),
         };
         if limits.max_live_calls == 0 {
-            return Err(AppsError::BadLimits("max_live_calls must be at least 1".into()));
+            return Err(AppsError::BadLimits(
+                "max_live_calls must be at least 1".into(),
+            ));
         }
         if !(1..=4096).contains(&limits.memory_mb) {
-            return Err(AppsError::BadLimits("memory_mb must be between 1 and 4096".into()));
+            return Err(AppsError::BadLimits(
+                "memory_mb must be between 1 and 4096".into(),
+            ));
         }
         if limits.callback_deadline_ms == 0 {
-            return Err(AppsError::BadLimits("callback_deadline_ms must be at least 1".into()));
+            return Err(AppsError::BadLimits(
+                "callback_deadline_ms must be at least 1".into(),
+            ));
         }
         Ok(limits)
     }
@@ -219,7 +225,9 @@ impl Apps {
     }
 
     async fn load_stored(&self) -> Result<(), AppsError> {
-        let Some(store) = self.store.clone() else { return Ok(()) };
+        let Some(store) = self.store.clone() else {
+            return Ok(());
+        };
         let all = {
             let store = store.clone();
             blocking(move || store.load_all()).await??
@@ -238,11 +246,18 @@ impl Apps {
             let mut entry = self.new_entry(manifest.clone());
             let mut rewritten = false;
             for record in &manifest.versions {
-                match self.load_stored_version(&store, &name, record).await {
+                match self
+                    .load_stored_version(&store, &entry.shared, record)
+                    .await
+                {
                     Ok((app, new_checksum)) => {
                         entry.loaded.insert(record.version, app);
                         if let Some(checksum) = new_checksum
-                            && let Some(r) = entry.manifest.versions.iter_mut().find(|r| r.version == record.version)
+                            && let Some(r) = entry
+                                .manifest
+                                .versions
+                                .iter_mut()
+                                .find(|r| r.version == record.version)
                         {
                             r.artifact_sha256 = checksum;
                             rewritten = true;
@@ -250,17 +265,31 @@ impl Apps {
                     }
                     Err(message) => {
                         error!(app = %name, version = record.version, error = %message, "stored version skipped");
-                        entry.note_error(format!("version {} not loaded at start-up: {message}", record.version));
+                        entry.note_error(format!(
+                            "version {} not loaded at start-up: {message}",
+                            record.version
+                        ));
                     }
                 }
             }
-            match manifest.active.and_then(|v| entry.loaded.get(&v).map(|app| (v, app.clone()))) {
+            match manifest
+                .active
+                .and_then(|v| entry.loaded.get(&v).map(|app| (v, app.clone())))
+            {
                 Some((version, app)) => {
-                    seed_config(&app, &manifest.version(version).expect("loaded versions are recorded").config);
+                    seed_config(
+                        &app,
+                        &manifest
+                            .version(version)
+                            .expect("loaded versions are recorded")
+                            .config,
+                    );
                     self.catalog.activate(&name, app);
                     info!(app = %name, version, "stored app serving");
                 }
-                None => warn!(app = %name, "stored app has no loadable active version: not serving"),
+                None => {
+                    warn!(app = %name, "stored app has no loadable active version: not serving")
+                }
             }
             if rewritten {
                 let (store, manifest) = (store.clone(), entry.manifest.clone());
@@ -279,29 +308,44 @@ impl Apps {
     async fn load_stored_version(
         &self,
         store: &Store,
-        name: &str,
+        shared: &Arc<AppShared>,
         record: &VersionRecord,
     ) -> Result<(Arc<App>, Option<String>), String> {
-        let shared = self.shared_for(name);
+        let name = shared.name();
         let settings = settings_of(&record.limits);
         let artifact = {
             let (store, name, record) = (store.clone(), name.to_string(), record.clone());
-            blocking(move || store.read_artifact(&name, &record)).await.map_err(|e| e.to_string())?
+            blocking(move || store.read_artifact(&name, &record))
+                .await
+                .map_err(|e| e.to_string())?
         };
         let loaded = artifact.map_err(|e| e.to_string()).and_then(|bytes| {
-            self.runtime.load_version(&shared, bytes, settings.clone(), self.backend.clone()).map_err(|e| e.to_string())
+            self.runtime
+                .load_version(shared, bytes, settings.clone(), self.backend.clone())
+                .map_err(|e| e.to_string())
         });
         match loaded {
             Ok(app) => return Ok((app, None)),
-            Err(e) => warn!(app = name, version = record.version, error = %e, "stored artifact unusable: recompiling"),
+            Err(e) => {
+                warn!(app = name, version = record.version, error = %e, "stored artifact unusable: recompiling")
+            }
         }
         let wasm = {
             let (store, name, record) = (store.clone(), name.to_string(), record.clone());
-            blocking(move || store.read_wasm(&name, &record)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?
+            blocking(move || store.read_wasm(&name, &record))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string())?
         };
-        let artifact = self.runtime.compile(wasm).await.map_err(|e| e.to_string())?;
-        let app =
-            self.runtime.load_version(&shared, &artifact.bytes, settings, self.backend.clone()).map_err(|e| e.to_string())?;
+        let artifact = self
+            .runtime
+            .compile(wasm)
+            .await
+            .map_err(|e| e.to_string())?;
+        let app = self
+            .runtime
+            .load_version(shared, &artifact.bytes, settings, self.backend.clone())
+            .map_err(|e| e.to_string())?;
         let checksum = sha256_hex(&artifact.bytes);
         let (store, name, sha) = (store.clone(), name.to_string(), record.sha256.clone());
         // Caching the new artifact is best effort: failing only costs a recompile next start.
@@ -318,25 +362,45 @@ impl Apps {
 
     /// Validates, compiles, persists and activates a new version of `name`. On any error
     /// the version serving before keeps serving.
-    pub async fn upload(&self, name: &str, wasm: Vec<u8>, options: UploadOptions) -> Result<Uploaded, AppsError> {
+    pub async fn upload(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        options: UploadOptions,
+    ) -> Result<Uploaded, AppsError> {
         if !valid_name(name) {
             return Err(AppsError::BadName(name.to_string()));
         }
         let result = self.try_upload(name, wasm, options).await;
-        if let Err(e) = &result
-            && let Some(entry) = self.entries.lock().get_mut(name)
-        {
-            entry.note_error(format!("upload refused: {e}"));
+        if let Err(e) = &result {
+            self.note_refused(name, e);
         }
         result
     }
 
-    async fn try_upload(&self, name: &str, wasm: Vec<u8>, options: UploadOptions) -> Result<Uploaded, AppsError> {
+    /// Records a refused upload in the app's recent errors (if the app exists), also for
+    /// refusals decided before [`Apps::upload`] runs, e.g. an oversized body.
+    pub fn note_refused(&self, name: &str, error: &AppsError) {
+        warn!(app = name, %error, "upload refused");
+        if let Some(entry) = self.entries.lock().get_mut(name) {
+            entry.note_error(format!("upload refused: {error}"));
+        }
+    }
+
+    async fn try_upload(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        options: UploadOptions,
+    ) -> Result<Uploaded, AppsError> {
         if wasm.is_empty() {
             return Err(AppsError::Empty);
         }
         if wasm.len() > self.max_upload_bytes {
-            return Err(AppsError::TooLarge { size: wasm.len(), limit: self.max_upload_bytes });
+            return Err(AppsError::TooLarge {
+                size: wasm.len(),
+                limit: self.max_upload_bytes,
+            });
         }
         let limits = options.limits()?;
         let started = Instant::now();
@@ -344,18 +408,30 @@ impl Apps {
         // bounds how many run at once.
         let sha256 = sha256_hex(&wasm);
         let size = wasm.len() as u64;
-        let (wasm, artifact) = {
-            let artifact = self.runtime.compile(wasm.clone()).await.map_err(AppsError::Invalid)?;
-            (wasm, artifact)
-        };
+        // The runtime takes the bytes; the store needs them after compiling succeeded. One
+        // copy of at most `max_upload_bytes` is cheaper than re-reading the upload.
+        let artifact = self
+            .runtime
+            .compile(wasm.clone())
+            .await
+            .map_err(AppsError::Invalid)?;
         let _writing = self.writes.lock().await;
         let shared = self.shared_for(name);
         let app = self
             .runtime
-            .load_version(&shared, &artifact.bytes, settings_of(&limits), self.backend.clone())
+            .load_version(
+                &shared,
+                &artifact.bytes,
+                settings_of(&limits),
+                self.backend.clone(),
+            )
             .map_err(AppsError::Invalid)?;
-        let mut manifest =
-            self.entries.lock().get(name).map(|e| e.manifest.clone()).unwrap_or_else(|| Manifest::new(name));
+        let mut manifest = self
+            .entries
+            .lock()
+            .get(name)
+            .map(|e| e.manifest.clone())
+            .unwrap_or_else(|| Manifest::new(name));
         let record = VersionRecord {
             version: manifest.next_version(),
             sha256: sha256.clone(),
@@ -412,7 +488,9 @@ impl Apps {
         let _writing = self.writes.lock().await;
         let (mut manifest, target, app) = {
             let entries = self.entries.lock();
-            let entry = entries.get(name).ok_or_else(|| AppsError::NotFound(name.to_string()))?;
+            let entry = entries
+                .get(name)
+                .ok_or_else(|| AppsError::NotFound(name.to_string()))?;
             let active = entry.manifest.active.unwrap_or(u32::MAX);
             let target = entry
                 .loaded
@@ -428,7 +506,10 @@ impl Apps {
             let manifest = manifest.clone();
             blocking(move || store.write_manifest(&manifest)).await??;
         }
-        let record = manifest.version(target).expect("loaded versions are recorded").clone();
+        let record = manifest
+            .version(target)
+            .expect("loaded versions are recorded")
+            .clone();
         seed_config(&app, &record.config);
         {
             let mut entries = self.entries.lock();
@@ -462,9 +543,18 @@ impl Apps {
             let name = name.to_string();
             blocking(move || store.remove_app(&name)).await??;
         }
-        let shared = self.entries.lock().remove(name).map(|e| e.shared).or_else(|| retired.map(|a| a.shared().clone()));
+        let shared = self
+            .entries
+            .lock()
+            .remove(name)
+            .map(|e| e.shared)
+            .or_else(|| retired.map(|a| a.shared().clone()));
         let live_calls = shared.as_ref().map_or(0, |s| s.live_calls());
-        let hung_up = if force { self.dispatch.hang_up_app(name).await } else { 0 };
+        let hung_up = if force {
+            self.dispatch.hang_up_app(name).await
+        } else {
+            0
+        };
         // Keep the app registered on the nodes until its calls have ended.
         let (catalog, name_owned) = (self.catalog.clone(), name.to_string());
         tokio::spawn(async move {
@@ -474,7 +564,11 @@ impl Apps {
             catalog.release(&name_owned);
         });
         info!(app = name, live_calls, hung_up, "app deleted");
-        Ok(Deleted { name: name.to_string(), live_calls, hung_up })
+        Ok(Deleted {
+            name: name.to_string(),
+            live_calls,
+            hung_up,
+        })
     }
 
     /// Every app: uploaded ones, and config-file ones serving.
@@ -506,7 +600,10 @@ impl Apps {
                 recent_errors: Vec::new(),
             });
         };
-        let active = entry.manifest.active.and_then(|v| entry.manifest.version(v));
+        let active = entry
+            .manifest
+            .active
+            .and_then(|v| entry.manifest.version(v));
         Ok(AppInfo {
             name: name.to_string(),
             source: "upload",
@@ -532,7 +629,12 @@ impl Apps {
 
     fn new_entry(&self, manifest: Manifest) -> Entry {
         let shared = self.shared_for(&manifest.name);
-        Entry { manifest, shared, loaded: BTreeMap::new(), errors: VecDeque::new() }
+        Entry {
+            manifest,
+            shared,
+            loaded: BTreeMap::new(),
+            errors: VecDeque::new(),
+        }
     }
 
     /// The shared state of `name`: the existing entry's, else the version serving now
@@ -549,22 +651,81 @@ impl Apps {
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 /// Seeds an app's config values into its kv store (`config.<key>`), before it takes calls.
 fn seed_config(app: &App, config: &BTreeMap<String, String>) {
     for (key, value) in config {
-        if let Err(e) = app.shared().kv().set(&format!("config.{key}"), value.clone()) {
+        if let Err(e) = app
+            .shared()
+            .kv()
+            .set(&format!("config.{key}"), value.clone())
+        {
             warn!(app = app.name(), key, error = %e, "config value not given to the app");
         }
     }
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, AppsError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| AppsError::Internal(e.to_string()))
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> T + Send + 'static,
+) -> Result<T, AppsError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| AppsError::Internal(e.to_string()))
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upload_limits_default_like_config_apps_and_are_checked() {
+        let limits = UploadOptions::default().limits().unwrap();
+        assert_eq!(limits, AppLimits::default());
+        let settings = settings_of(&limits);
+        assert_eq!(settings.max_memory_bytes, 16 << 20);
+        assert_eq!(settings.callback_deadline, Duration::from_secs(1));
+        let bad = |o: UploadOptions| o.limits().unwrap_err().to_string();
+        assert!(
+            bad(UploadOptions {
+                max_live_calls: Some(0),
+                ..Default::default()
+            })
+            .contains("max_live_calls")
+        );
+        assert!(
+            bad(UploadOptions {
+                memory_mb: Some(5000),
+                ..Default::default()
+            })
+            .contains("memory_mb")
+        );
+        assert!(
+            bad(UploadOptions {
+                callback_deadline_ms: Some(0),
+                ..Default::default()
+            })
+            .contains("deadline")
+        );
+    }
+
+    #[test]
+    fn names_are_ari_app_names() {
+        assert!(valid_name("conf-2_b"));
+        assert!(!valid_name(""));
+        assert!(!valid_name("../etc"));
+        assert!(!valid_name(&"x".repeat(65)));
+    }
 }

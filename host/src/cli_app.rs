@@ -9,11 +9,31 @@ use stasis_host::admin_client::AdminClient;
 
 use crate::AppCommand;
 
+/// Runs one command; a failure is printed as one readable line (the server's own message)
+/// and exits with status 1, without a backtrace.
 pub async fn run(host: &str, token: Option<String>, command: AppCommand) -> anyhow::Result<()> {
+    if let Err(e) = execute(host, token, command).await {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+async fn execute(host: &str, token: Option<String>, command: AppCommand) -> anyhow::Result<()> {
     let client = AdminClient::new(host, token);
     match command {
-        AppCommand::Push { file, name, max_live_calls, memory_mb, callback_deadline_ms, on_fault, config } => {
-            let wasm = tokio::fs::read(&file).await.with_context(|| format!("reading {}", file.display()))?;
+        AppCommand::Push {
+            file,
+            name,
+            max_live_calls,
+            memory_mb,
+            callback_deadline_ms,
+            on_fault,
+            config,
+        } => {
+            let wasm = tokio::fs::read(&file)
+                .await
+                .with_context(|| format!("reading {}", file.display()))?;
             let mut query = Vec::new();
             let mut limit = |k: &str, v: Option<String>| {
                 if let Some(v) = v {
@@ -22,17 +42,24 @@ pub async fn run(host: &str, token: Option<String>, command: AppCommand) -> anyh
             };
             limit("max_live_calls", max_live_calls.map(|v| v.to_string()));
             limit("memory_mb", memory_mb.map(|v| v.to_string()));
-            limit("callback_deadline_ms", callback_deadline_ms.map(|v| v.to_string()));
+            limit(
+                "callback_deadline_ms",
+                callback_deadline_ms.map(|v| v.to_string()),
+            );
             limit("on_fault", on_fault);
             for pair in config {
-                let Some((k, v)) = pair.split_once('=') else { bail!("--config {pair:?}: expected KEY=VALUE") };
+                let Some((k, v)) = pair.split_once('=') else {
+                    bail!("--config {pair:?}: expected KEY=VALUE")
+                };
                 query.push((format!("config.{k}"), v.to_string()));
             }
             let bar = ProgressBar::new(wasm.len() as u64);
             bar.set_style(
-                ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})")
-                    .expect("valid template")
-                    .progress_chars("=> "),
+                ProgressStyle::with_template(
+                    "{msg} [{bar:30}] {bytes}/{total_bytes} ({bytes_per_sec})",
+                )
+                .expect("valid template")
+                .progress_chars("=> "),
             );
             bar.set_message(format!("uploading {}", file.display()));
             let started = Instant::now();
@@ -67,7 +94,10 @@ pub async fn run(host: &str, token: Option<String>, command: AppCommand) -> anyh
                 println!("no apps");
                 return Ok(());
             }
-            println!("{:<20} {:>7} {:>10} {:>10} {:<14} STATUS", "NAME", "VERSION", "SIZE", "LIVE", "SHA256");
+            println!(
+                "{:<20} {:>7} {:>10} {:>10} {:<14} STATUS",
+                "NAME", "VERSION", "SIZE", "LIVE", "SHA256"
+            );
             for app in &apps {
                 let status = if app["draining"].as_bool() == Some(true) {
                     "draining".to_string()
@@ -82,16 +112,25 @@ pub async fn run(host: &str, token: Option<String>, command: AppCommand) -> anyh
                 println!(
                     "{:<20} {:>7} {:>10} {:>10} {:<14} {status}",
                     str_of(&app["name"]),
-                    app["active_version"].as_u64().map_or("-".to_string(), |v| v.to_string()),
-                    app["size"].as_u64().map_or("-".to_string(), |v| v.to_string()),
-                    app["live_calls"],
+                    app["active_version"]
+                        .as_u64()
+                        .map_or("-".to_string(), |v| v.to_string()),
+                    app["size"]
+                        .as_u64()
+                        .map_or("-".to_string(), |v| v.to_string()),
+                    app["live_calls"].to_string(),
                     short(&app["sha256"]),
                 );
             }
         }
         AppCommand::Show { name } => {
             let app = client.get(&name).await?;
-            println!("{}  ({}), live calls: {}", str_of(&app["name"]), str_of(&app["source"]), app["live_calls"]);
+            println!(
+                "{}  ({}), live calls: {}",
+                str_of(&app["name"]),
+                str_of(&app["source"]),
+                app["live_calls"]
+            );
             for v in app["versions"].as_array().cloned().unwrap_or_default() {
                 println!(
                     "  {} v{:<4} {:>9} bytes  sha256 {}  compiled in {} ms{}",
@@ -100,7 +139,11 @@ pub async fn run(host: &str, token: Option<String>, command: AppCommand) -> anyh
                     v["size"],
                     short(&v["sha256"]),
                     v["compile_ms"],
-                    if v["loaded"] == false { "  (not loaded, see errors)" } else { "" }
+                    if v["loaded"] == false {
+                        "  (not loaded, see errors)"
+                    } else {
+                        ""
+                    }
                 );
             }
             for e in app["recent_errors"].as_array().cloned().unwrap_or_default() {
@@ -114,7 +157,9 @@ pub async fn run(host: &str, token: Option<String>, command: AppCommand) -> anyh
             match (live, force) {
                 (0, _) => println!("{name} deleted"),
                 (_, true) => println!("{name} deleted; {hung_up} call(s) in progress hung up"),
-                (_, false) => println!("{name} deleted; {live} call(s) in progress will finish on it"),
+                (_, false) => {
+                    println!("{name} deleted; {live} call(s) in progress will finish on it")
+                }
             }
         }
         AppCommand::Rollback { name } => {
@@ -122,7 +167,9 @@ pub async fn run(host: &str, token: Option<String>, command: AppCommand) -> anyh
             println!(
                 "{name} rolled back: version {} is serving new calls (was {})",
                 r["version"],
-                r["replaced"].as_u64().map_or("-".to_string(), |v| v.to_string())
+                r["replaced"]
+                    .as_u64()
+                    .map_or("-".to_string(), |v| v.to_string())
             );
         }
     }
@@ -134,5 +181,6 @@ fn str_of(v: &Value) -> &str {
 }
 
 fn short(v: &Value) -> String {
-    v.as_str().map_or("-".to_string(), |s| s.chars().take(12).collect())
+    v.as_str()
+        .map_or("-".to_string(), |s| s.chars().take(12).collect())
 }

@@ -77,11 +77,14 @@ struct Part {
     inbound_legs: HashSet<String>,
     /// Music on hold is playing in this part's bridge.
     moh: bool,
+    /// The local bridge's `creationtime`: a BridgeDestroyed for an older bridge with the same
+    /// id (one the host deleted itself) must not take this one down.
+    created: String,
 }
 
 impl Part {
-    fn new() -> Part {
-        Part { members: HashSet::new(), leg: Leg::None, attempts: 0, inbound_legs: HashSet::new(), moh: false }
+    fn new(created: String) -> Part {
+        Part { members: HashSet::new(), leg: Leg::None, attempts: 0, inbound_legs: HashSet::new(), moh: false, created }
     }
 }
 
@@ -116,8 +119,8 @@ pub enum Note {
     ChannelGone { channel: String },
     /// A channel left a bridge.
     LeftBridge { channel: String, bridge: String },
-    /// A node's bridge was destroyed.
-    BridgeDestroyed { node: String, bridge: String },
+    /// A node's bridge was destroyed; `created` is its `creationtime`.
+    BridgeDestroyed { node: String, bridge: String, created: String },
     /// A node's event connection dropped.
     NodeDown { node: String },
 }
@@ -188,6 +191,11 @@ impl Conferences {
             .clone()
     }
 
+    /// Whether a conference with this bridge id is alive.
+    pub fn exists(&self, id: &str) -> bool {
+        self.bridges.lock().contains_key(id)
+    }
+
     /// Whether `channel` is a trunk leg (legs are hidden from apps).
     pub fn is_leg(&self, channel: &str) -> bool {
         matches!(self.roles.lock().get(channel), Some(Role::LegOut { .. } | Role::LegIn { .. }))
@@ -238,20 +246,28 @@ impl Conferences {
                 let found = self.find_bridge(id).await?;
                 let kind = BridgeType::Mixing;
                 let shared = self.entry(id, kind, &found);
-                shared.lock().await.parts.entry(found).or_insert_with(Part::new);
+                shared.lock().await.parts.entry(found).or_insert_with(|| Part::new(String::new()));
                 shared
             }
         };
-        let mut conf = shared.lock().await;
-        if conf.gone {
-            return Err(AriError::NotFound(format!("bridge {id} was destroyed")));
+        {
+            // Part creation is the only step of a join that must be serialised.
+            let mut conf = shared.lock().await;
+            if conf.gone {
+                return Err(AriError::NotFound(format!("bridge {id} was destroyed")));
+            }
+            self.ensure_part(&mut conf, node).await?;
         }
-        self.ensure_part(&mut conf, node).await?;
+        // The request itself runs unlocked: a large conference's joins proceed in parallel.
         let target = self.node(node)?;
-        target
-            .client
-            .call(Method::POST, &format!("/bridges/{id}/addChannel"), &q(&[("channel", channel)]), None)
-            .await?;
+        let path = format!("/bridges/{id}/addChannel");
+        target.client.call(Method::POST, &path, &q(&[("channel", channel)]), None).await?;
+        let mut conf = shared.lock().await;
+        if !conf.parts.contains_key(node) {
+            // The part was torn down while we were adding (its last member left): rebuild it.
+            self.ensure_part(&mut conf, node).await?;
+            target.client.call(Method::POST, &path, &q(&[("channel", channel)]), None).await?;
+        }
         // A channel moves out of any other conference it was in.
         let previous = self.roles.lock().insert(
             channel.to_string(),
@@ -355,15 +371,14 @@ impl Conferences {
         }
         let target = self.node(node)?;
         let path = format!("/bridges/{}", conf.id);
-        match target.client.call(Method::POST, &path, &q(&[("type", conf.kind.as_ari())]), None).await {
-            Ok(_) => {}
+        let bridge = match target.client.call(Method::POST, &path, &q(&[("type", conf.kind.as_ari())]), None).await {
+            Ok(created) => created,
             // Already there (left over from before a host restart): use it.
-            Err(AriError::Conflict(_)) => {
-                target.client.call(Method::GET, &path, &[], None).await?;
-            }
+            Err(AriError::Conflict(_)) => target.client.call(Method::GET, &path, &[], None).await?,
             Err(e) => return Err(e),
-        }
-        conf.parts.insert(node.to_string(), Part::new());
+        };
+        let created = bridge.json()["creationtime"].as_str().unwrap_or_default().to_string();
+        conf.parts.insert(node.to_string(), Part::new(created));
         Ok(())
     }
 
@@ -442,7 +457,7 @@ impl Conferences {
                     self.channel_gone(&channel).await;
                 }
             }
-            Note::BridgeDestroyed { node, bridge } => self.bridge_destroyed(&bridge, &node).await,
+            Note::BridgeDestroyed { node, bridge, created } => self.bridge_destroyed(&bridge, &node, &created).await,
             Note::NodeDown { node } => self.node_down(&node).await,
         }
     }
@@ -645,10 +660,11 @@ impl Conferences {
     }
 
     /// A node's bridge went away on its own (deleted by someone else, or the node restarted).
-    pub async fn bridge_destroyed(&self, id: &str, node: &str) {
+    pub async fn bridge_destroyed(&self, id: &str, node: &str, created: &str) {
         let Some(shared) = self.existing(id) else { return };
         let mut conf = shared.lock().await;
-        if conf.parts.remove(node).is_some() && conf.parts.is_empty() {
+        let same_bridge = conf.parts.get(node).is_some_and(|p| created.is_empty() || p.created.is_empty() || p.created == created);
+        if same_bridge && conf.parts.remove(node).is_some() && conf.parts.is_empty() {
             conf.gone = true;
             drop(conf);
             self.bridges.lock().remove(id);

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use reqwest::Method;
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{debug, info, trace, warn};
 
 use crate::backend::{AriBackend, Operation, Origin};
 use crate::catalog::Catalog;
@@ -132,6 +132,10 @@ impl Dispatch {
     }
 
     fn on_event(&mut self, node: &Arc<Node>, event: Event) {
+        if let Some(channel) = event.channel() {
+            // For the latency benchmark: an event reached dispatch (pairs with the router's).
+            trace!(target: "stasis::latency", channel = %channel.id, "event");
+        }
         debug!(node = %node.name, kind = %event.kind_name, channel = ?event.channel().map(|c| &c.id), "event");
         // Keep the index current first, so an app's request made while handling this very
         // event already routes right.
@@ -179,7 +183,9 @@ impl Dispatch {
                     call.handle.deliver(bridge_event(&event, &self.conferences), channel.as_ref().map(snapshot));
                 }
             }
-            Kind::BridgeDestroyed { bridge } => {
+            // A conference made again under the same id (a late event for a bridge the host
+            // deleted itself) keeps its apps' rights.
+            Kind::BridgeDestroyed { bridge } if !self.conferences.exists(&bridge.id) => {
                 for app in self.catalog.all() {
                     app.revoke_bridge(&bridge.id);
                 }
@@ -197,6 +203,7 @@ impl Dispatch {
                     }
                 }
             }
+            Kind::BridgeDestroyed { .. } => {}
             Kind::ApplicationReplaced => {
                 warn!(node = %node.name, app = %event.application,
                     "another ARI client took app {} on node {}: its events no longer reach this host",
@@ -229,9 +236,11 @@ impl Dispatch {
             Kind::ChannelLeftBridge { channel, bridge } if self.conferences.involves(&channel.id) => {
                 Some(Note::LeftBridge { channel: channel.id.clone(), bridge: bridge.id.clone() })
             }
-            Kind::BridgeDestroyed { bridge } => {
-                Some(Note::BridgeDestroyed { node: node.name.clone(), bridge: bridge.id.clone() })
-            }
+            Kind::BridgeDestroyed { bridge } => Some(Note::BridgeDestroyed {
+                node: node.name.clone(),
+                bridge: bridge.id.clone(),
+                created: bridge.creationtime.clone(),
+            }),
             _ => None,
         };
         if let Some(note) = note {

@@ -65,6 +65,9 @@ pub struct Bridge {
     pub id: String,
     #[serde(default)]
     pub channels: Vec<String>,
+    /// Tells two bridges with the same id apart (one deleted, one made again).
+    #[serde(default)]
+    pub creationtime: String,
 }
 
 /// A playback as events carry it (`Playback`).

@@ -176,6 +176,8 @@ impl Router {
 
     async fn run(&self, origin: &Origin, op: Operation) -> Result<Outcome, AriError> {
         use Operation::*;
+        // For the latency benchmark: a call's request reached the router (pairs with dispatch's).
+        tracing::trace!(target: "stasis::latency", channel = %origin.channel, "request");
         let done = |r: Result<AriResponse, AriError>| r.map(|_| Outcome::Done);
         match op {
             Answer { channel } => done(self.on_channel(&channel, Method::POST, "/answer", vec![]).await),

@@ -47,7 +47,10 @@ pub enum StoreError {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
-    move |source| StoreError::Io { path: path.display().to_string(), source }
+    move |source| StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
 }
 
 /// Runtime limits of one app version (what `[apps.*]` configures for config-file apps).
@@ -61,7 +64,12 @@ pub struct AppLimits {
 
 impl Default for AppLimits {
     fn default() -> Self {
-        AppLimits { max_live_calls: 1000, memory_mb: 16, callback_deadline_ms: 1000, on_fault: OnFault::Hangup }
+        AppLimits {
+            max_live_calls: 1000,
+            memory_mb: 16,
+            callback_deadline_ms: 1000,
+            on_fault: OnFault::Hangup,
+        }
     }
 }
 
@@ -98,7 +106,11 @@ pub struct Manifest {
 
 impl Manifest {
     pub fn new(name: &str) -> Manifest {
-        Manifest { name: name.to_string(), active: None, versions: Vec::new() }
+        Manifest {
+            name: name.to_string(),
+            active: None,
+            versions: Vec::new(),
+        }
     }
 
     pub fn version(&self, version: u32) -> Option<&VersionRecord> {
@@ -115,7 +127,13 @@ impl Manifest {
     pub fn prune(&mut self) -> Vec<VersionRecord> {
         let mut dropped = Vec::new();
         while self.versions.len() > KEEP_VERSIONS {
-            let Some(i) = self.versions.iter().position(|v| Some(v.version) != self.active) else { break };
+            let Some(i) = self
+                .versions
+                .iter()
+                .position(|v| Some(v.version) != self.active)
+            else {
+                break;
+            };
             dropped.push(self.versions.remove(i));
         }
         dropped
@@ -124,8 +142,14 @@ impl Manifest {
 
 /// SHA-256 of `bytes` as lowercase hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
+
+/// Each stored app's name and its manifest, or why the manifest could not be read.
+pub type StoredApps = Vec<(String, Result<Manifest, StoreError>)>;
 
 /// The on-disk store rooted at a data dir.
 #[derive(Debug, Clone)]
@@ -138,7 +162,9 @@ impl Store {
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         let apps = data_dir.join("apps");
         std::fs::create_dir_all(&apps).map_err(io(&apps))?;
-        Ok(Store { root: data_dir.to_path_buf() })
+        Ok(Store {
+            root: data_dir.to_path_buf(),
+        })
     }
 
     fn app_dir(&self, name: &str) -> PathBuf {
@@ -162,7 +188,7 @@ impl Store {
     /// The manifests of every stored app, each read independently: one unreadable app is
     /// an error for that name only. Leftover temporary files of an interrupted write are
     /// removed.
-    pub fn load_all(&self) -> Result<Vec<(String, Result<Manifest, StoreError>)>, StoreError> {
+    pub fn load_all(&self) -> Result<StoredApps, StoreError> {
         let apps = self.root.join("apps");
         let mut out = Vec::new();
         for entry in std::fs::read_dir(&apps).map_err(io(&apps))? {
@@ -171,6 +197,11 @@ impl Store {
                 continue;
             }
             let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(".deleted-") {
+                // A delete interrupted after its rename: finish it.
+                let _ = std::fs::remove_dir_all(entry.path());
+                continue;
+            }
             remove_temporaries(&entry.path());
             out.push((name.clone(), self.read_manifest(&name)));
         }
@@ -181,8 +212,11 @@ impl Store {
     fn read_manifest(&self, name: &str) -> Result<Manifest, StoreError> {
         let path = self.manifest_path(name);
         let text = std::fs::read(&path).map_err(io(&path))?;
-        let manifest: Manifest = serde_json::from_slice(&text)
-            .map_err(|e| StoreError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&text).map_err(|e| StoreError::Corrupt {
+                path: path.display().to_string(),
+                reason: e.to_string(),
+            })?;
         if manifest.name != name {
             return Err(StoreError::Corrupt {
                 path: path.display().to_string(),
@@ -199,13 +233,23 @@ impl Store {
     }
 
     /// The compiled artifact of `version`, checked against its checksum.
-    pub fn read_artifact(&self, name: &str, version: &VersionRecord) -> Result<Vec<u8>, StoreError> {
+    pub fn read_artifact(
+        &self,
+        name: &str,
+        version: &VersionRecord,
+    ) -> Result<Vec<u8>, StoreError> {
         let path = self.artifact_path(name, &version.sha256);
         read_checked(&path, &version.artifact_sha256)
     }
 
     /// Writes a version's component and artifact (before its manifest names them).
-    pub fn put_version(&self, name: &str, sha256: &str, wasm: &[u8], artifact: &[u8]) -> Result<(), StoreError> {
+    pub fn put_version(
+        &self,
+        name: &str,
+        sha256: &str,
+        wasm: &[u8],
+        artifact: &[u8],
+    ) -> Result<(), StoreError> {
         let dir = self.app_dir(name);
         std::fs::create_dir_all(&dir).map_err(io(&dir))?;
         write_atomic(&self.wasm_path(name, sha256), wasm)?;
@@ -213,7 +257,12 @@ impl Store {
     }
 
     /// Replaces the artifact of component `sha256` (after a recompile).
-    pub fn put_artifact(&self, name: &str, sha256: &str, artifact: &[u8]) -> Result<(), StoreError> {
+    pub fn put_artifact(
+        &self,
+        name: &str,
+        sha256: &str,
+        artifact: &[u8],
+    ) -> Result<(), StoreError> {
         write_atomic(&self.artifact_path(name, sha256), artifact)
     }
 
@@ -229,11 +278,17 @@ impl Store {
 
     fn collect_garbage(&self, manifest: &Manifest) {
         let dir = self.app_dir(&manifest.name);
-        let Ok(entries) = std::fs::read_dir(&dir) else { return };
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
         for entry in entries.flatten() {
             let file = entry.file_name().to_string_lossy().into_owned();
-            let Some((stem, ext)) = file.rsplit_once('.') else { continue };
-            if matches!(ext, "wasm" | "cwasm") && !manifest.versions.iter().any(|v| v.sha256 == stem) {
+            let Some((stem, ext)) = file.rsplit_once('.') else {
+                continue;
+            };
+            if matches!(ext, "wasm" | "cwasm")
+                && !manifest.versions.iter().any(|v| v.sha256 == stem)
+            {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
@@ -246,7 +301,10 @@ impl Store {
         if !dir.exists() {
             return Ok(());
         }
-        let trash = self.root.join("apps").join(format!(".deleted-{name}-{}", std::process::id()));
+        let trash = self
+            .root
+            .join("apps")
+            .join(format!(".deleted-{name}-{}", std::process::id()));
         std::fs::rename(&dir, &trash).map_err(io(&dir))?;
         sync_dir(&self.root.join("apps"));
         std::fs::remove_dir_all(&trash).map_err(io(&trash))
@@ -259,7 +317,10 @@ fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>, StoreError> {
     if actual != sha256 {
         return Err(StoreError::Corrupt {
             path: path.display().to_string(),
-            reason: format!("checksum {actual} does not match the recorded {sha256} ({} bytes)", bytes.len()),
+            reason: format!(
+                "checksum {actual} does not match the recorded {sha256} ({} bytes)",
+                bytes.len()
+            ),
         });
     }
     Ok(bytes)
@@ -268,7 +329,10 @@ fn read_checked(path: &Path, sha256: &str) -> Result<Vec<u8>, StoreError> {
 /// Temp file in the same directory + write + fsync + rename + fsync the directory.
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     let dir = path.parent().expect("store paths have a parent");
-    let file_name = path.file_name().expect("store paths have a file name").to_string_lossy();
+    let file_name = path
+        .file_name()
+        .expect("store paths have a file name")
+        .to_string_lossy();
     let tmp = dir.join(format!(".tmp-{}-{file_name}", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
@@ -278,7 +342,10 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     })();
     if let Err(source) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(StoreError::Io { path: path.display().to_string(), source });
+        return Err(StoreError::Io {
+            path: path.display().to_string(),
+            source,
+        });
     }
     sync_dir(dir);
     Ok(())
@@ -292,7 +359,9 @@ fn sync_dir(dir: &Path) {
 }
 
 fn remove_temporaries(dir: &Path) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         if entry.file_name().to_string_lossy().starts_with(".tmp-") {
             let _ = std::fs::remove_file(entry.path());
@@ -322,7 +391,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let v1 = record(1, b"wasm-one", b"art-one");
-        store.put_version("conf", &v1.sha256, b"wasm-one", b"art-one").unwrap();
+        store
+            .put_version("conf", &v1.sha256, b"wasm-one", b"art-one")
+            .unwrap();
         let mut m = Manifest::new("conf");
         m.versions.push(v1.clone());
         m.active = Some(1);
@@ -336,18 +407,35 @@ mod tests {
 
         // A damaged artifact and a truncated component are detected, not loaded.
         std::fs::write(store.artifact_path("conf", &v1.sha256), b"art-onX").unwrap();
-        assert!(matches!(store.read_artifact("conf", &v1), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.read_artifact("conf", &v1),
+            Err(StoreError::Corrupt { .. })
+        ));
         std::fs::write(store.wasm_path("conf", &v1.sha256), b"wasm").unwrap();
-        assert!(matches!(store.read_wasm("conf", &v1), Err(StoreError::Corrupt { .. })));
+        assert!(matches!(
+            store.read_wasm("conf", &v1),
+            Err(StoreError::Corrupt { .. })
+        ));
 
         // A half-written manifest is an error for that app only.
         std::fs::create_dir_all(dir.path().join("apps/other")).unwrap();
-        std::fs::write(dir.path().join("apps/other/manifest.json"), b"{\"name\": \"oth").unwrap();
+        std::fs::write(
+            dir.path().join("apps/other/manifest.json"),
+            b"{\"name\": \"oth",
+        )
+        .unwrap();
         std::fs::write(dir.path().join("apps/other/.tmp-1-x.wasm"), b"partial").unwrap();
         let all = store.load_all().unwrap();
         assert!(all[0].1.is_ok());
-        assert!(matches!(all[1].1, Err(StoreError::Corrupt { .. })), "{:?}", all[1]);
-        assert!(!dir.path().join("apps/other/.tmp-1-x.wasm").exists(), "temporaries are cleaned");
+        assert!(
+            matches!(all[1].1, Err(StoreError::Corrupt { .. })),
+            "{:?}",
+            all[1]
+        );
+        assert!(
+            !dir.path().join("apps/other/.tmp-1-x.wasm").exists(),
+            "temporaries are cleaned"
+        );
 
         store.remove_app("conf").unwrap();
         assert_eq!(store.load_all().unwrap().len(), 1);
@@ -361,16 +449,23 @@ mod tests {
         for v in 1..=(KEEP_VERSIONS as u32 + 2) {
             let wasm = format!("w{v}");
             let rec = record(v, wasm.as_bytes(), b"art");
-            store.put_version("a", &rec.sha256, wasm.as_bytes(), b"art").unwrap();
+            store
+                .put_version("a", &rec.sha256, wasm.as_bytes(), b"art")
+                .unwrap();
             m.versions.push(rec);
         }
         m.active = Some(1);
         let dropped = m.prune();
-        assert_eq!(dropped.iter().map(|v| v.version).collect::<Vec<_>>(), vec![2, 3]);
+        assert_eq!(
+            dropped.iter().map(|v| v.version).collect::<Vec<_>>(),
+            vec![2, 3]
+        );
         assert_eq!(m.versions.len(), KEEP_VERSIONS);
         assert!(m.version(1).is_some());
         store.write_manifest(&m).unwrap();
-        let files = std::fs::read_dir(dir.path().join("apps/a")).unwrap().count();
+        let files = std::fs::read_dir(dir.path().join("apps/a"))
+            .unwrap()
+            .count();
         assert_eq!(files, 1 + 2 * KEEP_VERSIONS);
         assert_eq!(m.next_version(), KEEP_VERSIONS as u32 + 3);
     }

@@ -1248,7 +1248,7 @@ impl NodeState {
         }
     }
 
-    pub(crate) fn to_inbound(&mut self, from_node: Id, from_chan: Id, op: TrunkOp) {
+    pub(crate) fn route_to_inbound(&mut self, from_node: Id, from_chan: Id, op: TrunkOp) {
         if let Some(id) = self.trunk_index.get(&(from_node, from_chan)).cloned() {
             self.trunk_op(&id, op);
         }

@@ -149,13 +149,13 @@ fn h(inner: Arc<NodeInner>) -> NodeHandle {
 
 type Cs = Arc<ClusterShared>;
 
-fn node_of(c: &Cs, name: &str) -> Result<NodeHandle, Response> {
+fn node_of(c: &Cs, name: &str) -> Result<NodeHandle, Box<Response>> {
     c.by_name
         .get(name)
         .map(|inner| NodeHandle {
             inner: inner.clone(),
         })
-        .ok_or_else(|| err(SimError::UnknownNode(name.to_string())))
+        .ok_or_else(|| Box::new(err(SimError::UnknownNode(name.to_string()))))
 }
 
 fn cluster_router(shared: Cs) -> Router {
@@ -176,7 +176,7 @@ fn cluster_router(shared: Cs) -> Router {
             get(|State(c): State<Cs>, Path(node): Path<String>| async move {
                 match node_of(&c, &node) {
                     Ok(n) => Json(op_info(&n)).into_response(),
-                    Err(r) => r,
+                    Err(r) => *r,
                 }
             }),
         )
@@ -186,7 +186,7 @@ fn cluster_router(shared: Cs) -> Router {
                 |State(c): State<Cs>, Path(node): Path<String>, Json(call): Json<InboundCall>| async move {
                     match node_of(&c, &node) {
                         Ok(n) => op_call(&n, call),
-                        Err(r) => r,
+                        Err(r) => *r,
                     }
                 },
             ),
@@ -196,7 +196,7 @@ fn cluster_router(shared: Cs) -> Router {
             get(|State(c): State<Cs>, Path(node): Path<String>| async move {
                 match node_of(&c, &node) {
                     Ok(n) => Json(n.channels()).into_response(),
-                    Err(r) => r,
+                    Err(r) => *r,
                 }
             }),
         )
@@ -205,7 +205,7 @@ fn cluster_router(shared: Cs) -> Router {
             get(|State(c): State<Cs>, Path(node): Path<String>| async move {
                 match node_of(&c, &node) {
                     Ok(n) => Json(n.bridges()).into_response(),
-                    Err(r) => r,
+                    Err(r) => *r,
                 }
             }),
         )
@@ -215,7 +215,7 @@ fn cluster_router(shared: Cs) -> Router {
                 |State(c): State<Cs>, Path((node, id)): Path<(String, String)>, Json(b): Json<DtmfBody>| async move {
                     match node_of(&c, &node) {
                         Ok(n) => no_content(n.press_dtmf_spaced(&id, &b.digits, b.interval_ms)),
-                        Err(r) => r,
+                        Err(r) => *r,
                     }
                 },
             ),
@@ -226,7 +226,7 @@ fn cluster_router(shared: Cs) -> Router {
                 |State(c): State<Cs>, Path((node, id)): Path<(String, String)>, b: Option<Json<HangupBody>>| async move {
                     match node_of(&c, &node) {
                         Ok(n) => no_content(n.hangup_far_end(&id, b.and_then(|b| b.0.cause))),
-                        Err(r) => r,
+                        Err(r) => *r,
                     }
                 },
             ),
@@ -239,7 +239,7 @@ fn cluster_router(shared: Cs) -> Router {
                         n.kill().await;
                         StatusCode::NO_CONTENT.into_response()
                     }
-                    Err(r) => r,
+                    Err(r) => *r,
                 }
             }),
         )
@@ -248,7 +248,7 @@ fn cluster_router(shared: Cs) -> Router {
             post(|State(c): State<Cs>, Path(node): Path<String>| async move {
                 match node_of(&c, &node) {
                     Ok(n) => no_content(n.revive().await),
-                    Err(r) => r,
+                    Err(r) => *r,
                 }
             }),
         )
@@ -257,7 +257,7 @@ fn cluster_router(shared: Cs) -> Router {
             get(|State(c): State<Cs>, Path(node): Path<String>| async move {
                 match node_of(&c, &node) {
                     Ok(n) => Json(n.request_log()).into_response(),
-                    Err(r) => r,
+                    Err(r) => *r,
                 }
             })
             .delete(|State(c): State<Cs>, Path(node): Path<String>| async move {
@@ -266,7 +266,7 @@ fn cluster_router(shared: Cs) -> Router {
                         n.clear_log();
                         StatusCode::NO_CONTENT.into_response()
                     }
-                    Err(r) => r,
+                    Err(r) => *r,
                 }
             }),
         )
@@ -281,7 +281,7 @@ fn cluster_router(shared: Cs) -> Router {
                             n.set_route(&ctx, &exten, r);
                             StatusCode::NO_CONTENT.into_response()
                         }
-                        Err(resp) => resp,
+                        Err(resp) => *resp,
                     }
                 },
             ),

@@ -260,7 +260,7 @@ impl NodeInner {
     }
 }
 
-fn peer_alive_fn(cluster: Weak<ClusterShared>) -> Arc<dyn Fn(&str) -> Option<bool> + Send + Sync> {
+fn peer_alive_fn(cluster: Weak<ClusterShared>) -> crate::state::PeerAlive {
     Arc::new(move |name: &str| {
         let c = cluster.upgrade()?;
         c.by_name.get(name).map(|n| n.alive.load(Ordering::Acquire))
@@ -500,5 +500,14 @@ impl NodeHandle {
     /// Add or replace a dialplan extension on this node (kept across kill/revive).
     pub fn set_route(&self, context: &str, exten: &str, route: Route) {
         self.inner.state.lock().dialplan.set(context, exten, route);
+    }
+
+    /// Fault injection: send `text` verbatim on the event socket that owns `app`, as a buggy
+    /// node or a newer Asterisk with unknown event types would. False when `app` has no socket.
+    pub fn send_raw_event(&self, app: &str, text: &str) -> bool {
+        let st = self.inner.state.lock();
+        st.apps
+            .get(app)
+            .is_some_and(|a| a.owner.tx.send(text.to_string()).is_ok())
     }
 }

@@ -26,6 +26,9 @@ use crate::playback::Playback;
 /// Interned id (channel, bridge, playback, app, node).
 pub(crate) type Id = Arc<str>;
 
+/// Is node `name` alive? `None`: no such node in the cluster.
+pub(crate) type PeerAlive = Arc<dyn Fn(&str) -> Option<bool> + Send + Sync>;
+
 /// Static per-node settings the core needs.
 #[derive(Debug)]
 pub(crate) struct NodeCfg {
@@ -145,7 +148,7 @@ pub(crate) struct NodeState {
     pub trunk_index: HashMap<(Id, Id), Id>,
     pub effects: Vec<Effect>,
     /// Is node `name` known to the cluster / alive? (`None`: unknown node).
-    pub peer_alive: Arc<dyn Fn(&str) -> Option<bool> + Send + Sync>,
+    pub peer_alive: PeerAlive,
 }
 
 impl NodeState {
@@ -153,7 +156,7 @@ impl NodeState {
         cfg: Arc<NodeCfg>,
         dialplan: Dialplan,
         life: u64,
-        peer_alive: Arc<dyn Fn(&str) -> Option<bool> + Send + Sync>,
+        peer_alive: PeerAlive,
     ) -> Self {
         NodeState {
             cfg,
@@ -378,31 +381,6 @@ pub(crate) fn push_json_str(out: &mut String, s: &str) {
     out.push('"');
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn json_strings_escape() {
-        let mut s = String::new();
-        push_json_str(&mut s, "a\"b\\c\n\u{1}");
-        let back: String = serde_json::from_str(&s).unwrap();
-        assert_eq!(back, "a\"b\\c\n\u{1}");
-    }
-
-    #[test]
-    fn event_builder_keeps_order() {
-        let mut ev = Ev::new();
-        ev.field("variable", &Val::S("X"));
-        ev.head("ChannelVarset");
-        ev.field("n", &Val::N(3));
-        ev.buf.push_str("\"asterisk_id\":\"id\"}");
-        let v: serde_json::Value = serde_json::from_str(&ev.buf).unwrap();
-        assert_eq!(v["type"], "ChannelVarset");
-        assert!(ev.buf.starts_with("{\"variable\""));
-    }
-}
-
 impl NodeState {
     /// Run a queued [`Action`] (under this node's lock).
     pub(crate) fn apply(&mut self, action: Action) {
@@ -433,8 +411,33 @@ impl NodeState {
                 from_node,
                 from_chan,
                 op,
-            } => self.to_inbound(from_node, from_chan, op),
+            } => self.route_to_inbound(from_node, from_chan, op),
             Action::ToOutbound { chan, op } => self.trunk_op(&chan, op),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_strings_escape() {
+        let mut s = String::new();
+        push_json_str(&mut s, "a\"b\\c\n\u{1}");
+        let back: String = serde_json::from_str(&s).unwrap();
+        assert_eq!(back, "a\"b\\c\n\u{1}");
+    }
+
+    #[test]
+    fn event_builder_keeps_order() {
+        let mut ev = Ev::new();
+        ev.field("variable", &Val::S("X"));
+        ev.head("ChannelVarset");
+        ev.field("n", &Val::N(3));
+        ev.buf.push_str("\"asterisk_id\":\"id\"}");
+        let v: serde_json::Value = serde_json::from_str(&ev.buf).unwrap();
+        assert_eq!(v["type"], "ChannelVarset");
+        assert!(ev.buf.starts_with("{\"variable\""));
     }
 }

@@ -573,3 +573,76 @@ async fn control_http_api() {
     );
     assert!(a.request_log().is_empty());
 }
+
+/// Top-level field order of events, as recorded (serde_json::Value would hide it).
+#[tokio::test]
+async fn event_field_order_matches_recordings() {
+    let c = cluster().await;
+    let a = c.node("a");
+    let w = Ws::connect(&a.ws_url("conf")).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let id = a.inject_call(call("8000")).unwrap();
+    w.wait_chan("StasisStart", &id, 2000).await.unwrap();
+    ari(&c, "a")
+        .ok("DELETE", &format!("/ari/channels/{id}"))
+        .await;
+    w.wait_chan("StasisEnd", &id, 2000).await.unwrap();
+    let raw = w.raw.lock().clone();
+    let order = |text: &str, keys: &[&str]| {
+        let pos: Vec<usize> = keys
+            .iter()
+            .map(|k| {
+                text.find(&format!("\"{k}\":"))
+                    .unwrap_or_else(|| panic!("{k} in {text}"))
+            })
+            .collect();
+        assert!(
+            pos.windows(2).all(|p| p[0] < p[1]),
+            "order {keys:?} in {text}"
+        );
+    };
+    let start = raw.iter().find(|t| t.contains("\"StasisStart\"")).unwrap();
+    order(
+        start,
+        &[
+            "type",
+            "timestamp",
+            "args",
+            "channel",
+            "asterisk_id",
+            "application",
+        ],
+    );
+    order(
+        start,
+        &[
+            "id",
+            "name",
+            "state",
+            "protocol_id",
+            "caller",
+            "connected",
+            "accountcode",
+            "dialplan",
+            "creationtime",
+            "language",
+        ],
+    );
+    let hr = raw
+        .iter()
+        .find(|t| t.contains("\"ChannelHangupRequest\""))
+        .unwrap();
+    order(
+        hr,
+        &[
+            "cause",
+            "soft",
+            "type",
+            "timestamp",
+            "channel",
+            "asterisk_id",
+            "application",
+        ],
+    );
+    assert!(start.contains("\"timestamp\":\"20") && start.contains("+0000\""));
+}

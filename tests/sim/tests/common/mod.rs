@@ -21,6 +21,8 @@ pub enum Closed {
 
 pub struct Ws {
     pub events: Arc<Mutex<Vec<Value>>>,
+    /// The raw text of each event (to check field order).
+    pub raw: Arc<Mutex<Vec<String>>>,
     pub closed: Arc<Mutex<Option<Closed>>>,
     out: tokio::sync::mpsc::UnboundedSender<Message>,
 }
@@ -36,6 +38,8 @@ impl Ws {
             .map_err(|e| e.to_string())?;
         let (mut sink, mut source) = stream.split();
         let events = Arc::new(Mutex::new(Vec::new()));
+        let raw = Arc::new(Mutex::new(Vec::new()));
+        let raw2 = raw.clone();
         let closed = Arc::new(Mutex::new(None));
         let (out, mut out_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
         let (ev2, cl2) = (events.clone(), closed.clone());
@@ -45,6 +49,7 @@ impl Ws {
                     m = source.next() => match m {
                         Some(Ok(Message::Text(t))) => {
                             let v: Value = serde_json::from_str(&t).expect("event is JSON");
+                            raw2.lock().push(t.to_string());
                             ev2.lock().push(v);
                         }
                         Some(Ok(Message::Close(f))) => {
@@ -71,6 +76,7 @@ impl Ws {
         });
         Ok(Ws {
             events,
+            raw,
             closed,
             out,
         })

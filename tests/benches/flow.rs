@@ -1,0 +1,263 @@
+//! Conference-flow benchmark through the whole system:
+//! `cargo bench -p stasis-e2e --bench flow`.
+//!
+//! Simulated nodes and the host run in one process but on separate tokio runtimes with
+//! named threads, so the CPU time of each side is read from `/proc/self/task/*/stat`.
+//! Each call: StasisStart → get-or-create bridge → answer → Up → addChannel → far-end
+//! hangup → StasisEnd → instance dropped.
+//!
+//! Prints: calls per second; host CPU µs per call (host threads only: its runtime and the
+//! epoch ticker) and the simulator's CPU per call; p50/p99 latency inside the host from an
+//! event reaching dispatch to the call's next request reaching the router; and the join
+//! latency (call injected → in the conference bridge) of a local participant, of the first
+//! participant on another node (bridge part + trunk leg) and of a later one there.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use stasis_e2e::{InboundCall, NodeHandle, host_config, in_bridge, plugin, route_trunk_legs, sim_config};
+use stasis_host::gateway::Gateway;
+use stasis_host::runtime::{AppSettings, RuntimeConfig};
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+use tracing_subscriber::{Layer, Registry};
+
+/// Pairs "event" and "request" traces per channel into latencies.
+#[derive(Default, Clone)]
+struct Latency {
+    inner: Arc<Mutex<(HashMap<String, Instant>, Vec<Duration>)>>,
+}
+
+struct ChannelField(Option<String>);
+impl Visit for ChannelField {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "channel" {
+            self.0 = Some(format!("{value:?}"));
+        }
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "channel" {
+            self.0 = Some(value.to_string());
+        }
+    }
+}
+
+impl<S: tracing::Subscriber> Layer<S> for Latency {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        if event.metadata().target() != "stasis::latency" {
+            return;
+        }
+        let now = Instant::now();
+        let mut channel = ChannelField(None);
+        event.record(&mut channel);
+        let Some(channel) = channel.0 else { return };
+        let mut message = String::new();
+        struct Msg<'a>(&'a mut String);
+        impl Visit for Msg<'_> {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                if field.name() == "message" {
+                    *self.0 = format!("{value:?}");
+                }
+            }
+        }
+        event.record(&mut Msg(&mut message));
+        let mut inner = self.inner.lock().unwrap();
+        if message == "event" {
+            inner.0.insert(channel, now);
+        } else if let Some(t) = inner.0.remove(&channel) {
+            inner.1.push(now - t);
+        }
+    }
+}
+
+/// CPU seconds used so far by this process's threads whose name starts with one of `prefixes`.
+fn cpu_of(prefixes: &[&str]) -> f64 {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap().flatten() {
+        let comm = std::fs::read_to_string(task.path().join("comm")).unwrap_or_default();
+        if !prefixes.iter().any(|p| comm.trim().starts_with(p)) {
+            continue;
+        }
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // Fields after the ")" of the command name: state is field 3; utime 14, stime 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if fields.len() > 13 {
+            total += (fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0)) / ticks;
+        }
+    }
+    total
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn micros(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e6
+}
+
+#[track_caller]
+fn wait(mut ready: impl FnMut() -> bool) -> impl std::future::Future<Output = ()> {
+    let at = std::panic::Location::caller();
+    async move {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !ready() {
+            assert!(Instant::now() < deadline, "benchmark stalled at {at}");
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+    }
+}
+
+fn call(node: &NodeHandle, i: usize) -> String {
+    node.inject_call(InboundCall {
+        caller_name: format!("caller{i}"),
+        caller_number: format!("{}", 1000 + i),
+        exten: "8000".into(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+/// Runs `total` calls in batches of `batch` on node `a`; returns the elapsed time.
+async fn run_calls(a: &NodeHandle, total: usize, batch: usize, live: impl Fn() -> usize) -> Duration {
+    let start = Instant::now();
+    let mut done = 0;
+    while done < total {
+        let ids: Vec<String> = (0..batch.min(total - done)).map(|i| call(a, done + i)).collect();
+        let t = Instant::now();
+        while !ids.iter().all(|id| in_bridge(a, id, "conf")) {
+            if t.elapsed() > Duration::from_secs(5) {
+                let bad: Vec<_> = ids.iter().filter(|id| !in_bridge(a, id, "conf")).map(|id| a.channel(id)).collect();
+                panic!("not bridged: {} {:?}", bad.len(), bad.first());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for id in &ids {
+            a.hangup_far_end(id, None).unwrap();
+        }
+        let t = Instant::now();
+        while live() != 0 {
+            if t.elapsed() > Duration::from_secs(5) {
+                panic!("live {} channels {:?}", live(), a.channels().len());
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        done += ids.len();
+    }
+    start.elapsed()
+}
+
+fn main() {
+    let latency = Latency::default();
+    tracing::subscriber::set_global_default(
+        Registry::default()
+            .with(latency.clone().with_filter(
+                tracing_subscriber::filter::Targets::new().with_target("stasis::latency", tracing::Level::TRACE),
+            ))
+            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(
+                tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN),
+            )),
+    )
+    .unwrap();
+    let sim_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("sim")
+        .enable_all()
+        .build()
+        .unwrap();
+    let host_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("host")
+        .enable_all()
+        .build()
+        .unwrap();
+    let wasm = plugin("conference");
+
+    let mut config = sim_config(2);
+    config = config.with_playback_ms(100);
+    let sim = sim_rt.block_on(stasis_sim::Cluster::start(config)).unwrap();
+    route_trunk_legs(&sim);
+    let (a, b) = (sim.node("a"), sim.node("b"));
+    let host_config = host_config(&sim, "");
+    let host = host_rt
+        .block_on(async {
+            let runtime = RuntimeConfig { max_instances: 2000, ..RuntimeConfig::default() };
+            let host = Gateway::start(host_config, runtime).await?;
+            host.load_app("conf", wasm, AppSettings { max_live_calls: 2000, ..AppSettings::default() }).await?;
+            Ok::<_, anyhow::Error>(host)
+        })
+        .unwrap();
+    let app = host.catalog.get("conf").unwrap();
+    sim_rt.block_on(wait(|| {
+        host.cluster.nodes().all(|n| n.is_up()) && a.apps().contains(&"conf".to_string()) && b.apps().contains(&"conf".to_string())
+    }));
+
+    // Warm-up, then the measured run.
+    let live = || app.live_calls();
+    sim_rt.block_on(run_calls(&a, 200, 50, live));
+    latency.inner.lock().unwrap().1.clear();
+    let (host_cpu0, sim_cpu0) = (cpu_of(&["host", "stasis-epoch", "epoch"]), cpu_of(&["sim"]));
+    let total = 3000;
+    let elapsed = sim_rt.block_on(run_calls(&a, total, 100, live));
+    let (host_cpu, sim_cpu) = (cpu_of(&["host", "stasis-epoch", "epoch"]) - host_cpu0, cpu_of(&["sim"]) - sim_cpu0);
+    let mut lat = std::mem::take(&mut latency.inner.lock().unwrap().1);
+    lat.sort();
+
+    println!("conference flow, {total} calls in batches of 100 on one node (host: 1 worker thread, simulator: 1 worker thread)");
+    println!("  calls per second:                 {:.0}", total as f64 / elapsed.as_secs_f64());
+    println!("  host CPU per call:                {:.1} µs", host_cpu * 1e6 / total as f64);
+    println!("  simulator CPU per call:           {:.1} µs (driver included)", sim_cpu * 1e6 / total as f64);
+    println!(
+        "  host share of CPU:                {:.0} %",
+        100.0 * host_cpu / (host_cpu + sim_cpu).max(f64::EPSILON)
+    );
+    println!(
+        "  event → request inside the host:  p50 {:.0} µs, p99 {:.0} µs ({} samples)",
+        micros(percentile(&lat, 0.5)),
+        micros(percentile(&lat, 0.99)),
+        lat.len()
+    );
+
+    // Join latency: local participant vs participants on another node.
+    let mut local = Vec::new();
+    let mut remote_first = Vec::new();
+    let mut remote_next = Vec::new();
+    for round in 0..30 {
+        sim_rt.block_on(async {
+            let home = call(&a, round);
+            let t = Instant::now();
+            wait(|| in_bridge(&a, &home, "conf")).await;
+            local.push(t.elapsed());
+            // First on b: local bridge part + trunk leg to the home bridge.
+            let t = Instant::now();
+            let first = call(&b, round);
+            wait(|| {
+                in_bridge(&b, &first, "conf")
+                    && b.channels().iter().any(|c| c.id.starts_with("trunk-") && c.bridge.as_deref() == Some("conf"))
+            })
+            .await;
+            remote_first.push(t.elapsed());
+            let t = Instant::now();
+            let next = call(&b, round + 100);
+            wait(|| in_bridge(&b, &next, "conf")).await;
+            remote_next.push(t.elapsed());
+            for (node, id) in [(&a, &home), (&b, &first), (&b, &next)] {
+                node.hangup_far_end(id, None).unwrap();
+            }
+            wait(|| app.live_calls() == 0 && a.bridges().is_empty() && b.bridges().is_empty()).await;
+        });
+    }
+    for (name, mut v) in [("local participant", local), ("first on another node", remote_first), ("next on that node", remote_next)] {
+        v.sort();
+        println!(
+            "  join latency, {name:<22} p50 {:.0} µs, p99 {:.0} µs",
+            micros(percentile(&v, 0.5)),
+            micros(percentile(&v, 0.99))
+        );
+    }
+    host.shutdown();
+    sim_rt.block_on(sim.shutdown());
+}
