@@ -206,9 +206,13 @@ impl Conferences {
         self.roles.lock().contains_key(channel)
     }
 
-    /// Drops legs from the `channels` list of a bridge in event JSON, so apps only ever see
-    /// participants. Returns `None` when nothing had to change.
-    pub fn hide_legs(&self, json: &str) -> Option<String> {
+    /// Drops legs from the `channels` list of a bridge in event JSON (`channels` is that list,
+    /// already parsed), so apps only ever see participants. `None` when nothing had to change.
+    pub fn hide_legs(&self, json: &str, channels: &[String]) -> Option<String> {
+        // Most bridge events involve no leg: decide on the already parsed list first.
+        if !channels.iter().any(|c| self.is_leg(c)) {
+            return None;
+        }
         let mut value: serde_json::Value = serde_json::from_str(json).ok()?;
         let channels = value.get_mut("bridge")?.get_mut("channels")?.as_array_mut()?;
         let before = channels.len();
@@ -732,5 +736,49 @@ impl Conferences {
     pub fn sizes(&self) -> (usize, usize) {
         let legs = self.roles.lock().values().filter(|r| !matches!(r, Role::Member { .. })).count();
         (self.bridges.lock().len(), legs)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn conferences() -> Arc<Conferences> {
+        let config = Config::from_toml("[nodes.a]\nari_url = \"http://127.0.0.1:1\"\nusername = \"u\"\npassword = \"p\"\n")
+            .unwrap();
+        Conferences::new(Arc::new(Cluster::from_config(&config)), Arc::new(Ownership::new()))
+    }
+
+    #[test]
+    fn legs_are_hidden_from_bridge_events() {
+        let c = conferences();
+        c.roles.lock().insert("trunk-1".into(), Role::LegOut { bridge: "conf".into(), node: "a".into() });
+        c.roles.lock().insert("alice".into(), Role::Member { bridge: "conf".into(), node: "a".into() });
+        let json = r#"{"type":"ChannelEnteredBridge","bridge":{"id":"conf","channels":["alice","trunk-1"]},"channel":{"id":"alice"}}"#;
+        let hidden = c.hide_legs(json, &["alice".into(), "trunk-1".into()]).expect("rewritten");
+        let value: serde_json::Value = serde_json::from_str(&hidden).unwrap();
+        assert_eq!(value["bridge"]["channels"], serde_json::json!(["alice"]));
+        assert_eq!(value["channel"]["id"], "alice");
+        assert!(c.is_leg("trunk-1") && !c.is_leg("alice"));
+        // No leg in the list: the event passes untouched (no rewrite).
+        assert_eq!(c.hide_legs(json, &["alice".into()]), None);
+    }
+
+    #[test]
+    fn conference_ids_must_fit_in_a_sip_uri() {
+        assert!(check_id("conf-1_a.b").is_ok());
+        for bad in ["", "a b", "x@y", "a/b", &"x".repeat(65)] {
+            assert!(matches!(check_id(bad), Err(AriError::Invalid(_))), "{bad:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn first_get_or_create_wins_the_home() {
+        let c = conferences();
+        let first = c.entry("conf", BridgeType::Mixing, "a");
+        let second = c.entry("conf", BridgeType::Mixing, "b");
+        assert!(Arc::ptr_eq(&first, &second));
+        assert_eq!(first.lock().await.home, "a");
     }
 }

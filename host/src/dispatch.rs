@@ -180,7 +180,7 @@ impl Dispatch {
                 if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
                     // The call joined this bridge: its app may act on it.
                     call.app.grant_bridge(&bridge.id);
-                    call.handle.deliver(bridge_event(&event, &self.conferences), channel.as_ref().map(snapshot));
+                    call.handle.deliver(bridge_event(&event, bridge, &self.conferences), channel.as_ref().map(snapshot));
                 }
             }
             // A conference made again under the same id (a late event for a bridge the host
@@ -209,9 +209,9 @@ impl Dispatch {
                     "another ARI client took app {} on node {}: its events no longer reach this host",
                     event.application, node.name);
             }
-            Kind::ChannelLeftBridge { channel, .. } => {
+            Kind::ChannelLeftBridge { channel, bridge } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    call.handle.deliver(bridge_event(&event, &self.conferences), Some(snapshot(channel)));
+                    call.handle.deliver(bridge_event(&event, bridge, &self.conferences), Some(snapshot(channel)));
                 }
             }
             Kind::Other { channel } => {
@@ -423,8 +423,8 @@ fn other(event: &Event) -> CallEvent {
 }
 
 /// A bridge event for an app, with the trunk legs taken out of the bridge's channel list.
-fn bridge_event(event: &Event, conferences: &Conferences) -> CallEvent {
-    match conferences.hide_legs(&event.raw) {
+fn bridge_event(event: &Event, bridge: &event::Bridge, conferences: &Conferences) -> CallEvent {
+    match conferences.hide_legs(&event.raw, &bridge.channels) {
         Some(json) => CallEvent::Other { kind: event.kind_name.clone(), json },
         None => other(event),
     }

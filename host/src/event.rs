@@ -123,6 +123,10 @@ struct Envelope {
     application: String,
 }
 
+fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
 #[derive(Deserialize)]
 struct WithChannel {
     channel: Channel,
@@ -163,56 +167,54 @@ struct PlaybackBody {
 
 impl Event {
     /// Parses one websocket message (or AMQP `data` object).
+    ///
+    /// Straight from the text into small typed structs, never through `serde_json::Value`:
+    /// this runs for every event of every call, and a `Value` tree costs an allocation per
+    /// field of every channel object.
     pub fn parse(text: &str) -> Result<Event, EventError> {
-        let value: serde_json::Value = serde_json::from_str(text).map_err(EventError::NotJson)?;
-        Self::from_value(value, text.into())
-    }
-
-    /// Parses an already-decoded event; `raw` is the JSON text to hand to apps.
-    pub fn from_value(value: serde_json::Value, raw: Arc<str>) -> Result<Event, EventError> {
-        let envelope = Envelope::deserialize(&value).map_err(EventError::NotJson)?;
+        let envelope: Envelope = serde_json::from_str(text).map_err(EventError::NotJson)?;
         let kind_name = envelope.kind.ok_or(EventError::NoType)?;
         let malformed = |source| EventError::Malformed { kind: kind_name.clone(), source };
         let kind = match kind_name.as_str() {
             "StasisStart" => {
-                let b = StasisStartBody::deserialize(&value).map_err(malformed)?;
+                let b: StasisStartBody = serde_json::from_str(text).map_err(malformed)?;
                 Kind::StasisStart { channel: b.channel, args: b.args }
             }
-            "StasisEnd" => Kind::StasisEnd { channel: WithChannel::deserialize(&value).map_err(malformed)?.channel },
+            "StasisEnd" => Kind::StasisEnd { channel: body::<WithChannel>(text).map_err(malformed)?.channel },
             "ChannelStateChange" => {
-                Kind::ChannelStateChange { channel: WithChannel::deserialize(&value).map_err(malformed)?.channel }
+                Kind::ChannelStateChange { channel: body::<WithChannel>(text).map_err(malformed)?.channel }
             }
             "ChannelDtmfReceived" => {
-                let b = DtmfBody::deserialize(&value).map_err(malformed)?;
+                let b: DtmfBody = body(text).map_err(malformed)?;
                 Kind::ChannelDtmfReceived { channel: b.channel, digit: b.digit, duration_ms: b.duration_ms }
             }
             "ChannelDestroyed" => {
-                Kind::ChannelDestroyed { channel: WithChannel::deserialize(&value).map_err(malformed)?.channel }
+                Kind::ChannelDestroyed { channel: body::<WithChannel>(text).map_err(malformed)?.channel }
             }
             "ChannelEnteredBridge" => {
-                let b = BridgeBody::deserialize(&value).map_err(malformed)?;
+                let b: BridgeBody = body(text).map_err(malformed)?;
                 Kind::ChannelEnteredBridge { bridge: b.bridge, channel: b.channel }
             }
             "ChannelLeftBridge" => {
-                let b = BridgeBody::deserialize(&value).map_err(malformed)?;
+                let b: BridgeBody = body(text).map_err(malformed)?;
                 let channel = b.channel.ok_or_else(|| malformed(serde::de::Error::missing_field("channel")))?;
                 Kind::ChannelLeftBridge { bridge: b.bridge, channel }
             }
-            "BridgeDestroyed" => Kind::BridgeDestroyed { bridge: BridgeBody::deserialize(&value).map_err(malformed)?.bridge },
+            "BridgeDestroyed" => Kind::BridgeDestroyed { bridge: body::<BridgeBody>(text).map_err(malformed)?.bridge },
             "PlaybackFinished" => {
-                Kind::PlaybackFinished { playback: PlaybackBody::deserialize(&value).map_err(malformed)?.playback }
+                Kind::PlaybackFinished { playback: body::<PlaybackBody>(text).map_err(malformed)?.playback }
             }
             "ApplicationReplaced" => Kind::ApplicationReplaced,
             // Unknown or untyped kinds: keep the channel when there is one, so the event can
             // reach that channel's call; a channel field of an unexpected shape is ignored.
-            _ => Kind::Other { channel: MaybeChannel::deserialize(&value).ok().and_then(|m| m.channel) },
+            _ => Kind::Other { channel: body::<MaybeChannel>(text).ok().and_then(|m| m.channel) },
         };
         Ok(Event {
             kind_name,
             asterisk_id: envelope.asterisk_id,
             application: envelope.application,
             kind,
-            raw,
+            raw: text.into(),
         })
     }
 
