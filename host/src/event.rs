@@ -85,18 +85,43 @@ pub struct Playback {
 /// The kinds of event the host acts on; everything else is [`Kind::Other`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
-    StasisStart { channel: Channel, args: Vec<String> },
-    StasisEnd { channel: Channel },
-    ChannelStateChange { channel: Channel },
-    ChannelDtmfReceived { channel: Channel, digit: String, duration_ms: u32 },
-    ChannelDestroyed { channel: Channel },
-    ChannelEnteredBridge { bridge: Bridge, channel: Option<Channel> },
-    ChannelLeftBridge { bridge: Bridge, channel: Channel },
-    BridgeDestroyed { bridge: Bridge },
-    PlaybackFinished { playback: Playback },
+    StasisStart {
+        channel: Channel,
+        args: Vec<String>,
+    },
+    StasisEnd {
+        channel: Channel,
+    },
+    ChannelStateChange {
+        channel: Channel,
+    },
+    ChannelDtmfReceived {
+        channel: Channel,
+        digit: String,
+        duration_ms: u32,
+    },
+    ChannelDestroyed {
+        channel: Channel,
+    },
+    ChannelEnteredBridge {
+        bridge: Bridge,
+        channel: Option<Channel>,
+    },
+    ChannelLeftBridge {
+        bridge: Bridge,
+        channel: Channel,
+    },
+    BridgeDestroyed {
+        bridge: Bridge,
+    },
+    PlaybackFinished {
+        playback: Playback,
+    },
     ApplicationReplaced,
     /// Any other type; the app sees it through `on-event` when it names the call's channel.
-    Other { channel: Option<Channel> },
+    Other {
+        channel: Option<Channel>,
+    },
 }
 
 /// One event from one node.
@@ -132,10 +157,17 @@ struct WithChannel {
     channel: Channel,
 }
 
+/// For event kinds the host does not act on, only the channel id matters (to find the
+/// call); skipping the rest of the channel object keeps the many ChannelVarset events cheap.
 #[derive(Deserialize)]
 struct MaybeChannel {
     #[serde(default)]
-    channel: Option<Channel>,
+    channel: Option<ChannelId>,
+}
+
+#[derive(Deserialize)]
+struct ChannelId {
+    id: String,
 }
 
 #[derive(Deserialize)]
@@ -174,40 +206,67 @@ impl Event {
     pub fn parse(text: &str) -> Result<Event, EventError> {
         let envelope: Envelope = serde_json::from_str(text).map_err(EventError::NotJson)?;
         let kind_name = envelope.kind.ok_or(EventError::NoType)?;
-        let malformed = |source| EventError::Malformed { kind: kind_name.clone(), source };
+        let malformed = |source| EventError::Malformed {
+            kind: kind_name.clone(),
+            source,
+        };
         let kind = match kind_name.as_str() {
             "StasisStart" => {
                 let b: StasisStartBody = serde_json::from_str(text).map_err(malformed)?;
-                Kind::StasisStart { channel: b.channel, args: b.args }
+                Kind::StasisStart {
+                    channel: b.channel,
+                    args: b.args,
+                }
             }
-            "StasisEnd" => Kind::StasisEnd { channel: body::<WithChannel>(text).map_err(malformed)?.channel },
-            "ChannelStateChange" => {
-                Kind::ChannelStateChange { channel: body::<WithChannel>(text).map_err(malformed)?.channel }
-            }
+            "StasisEnd" => Kind::StasisEnd {
+                channel: body::<WithChannel>(text).map_err(malformed)?.channel,
+            },
+            "ChannelStateChange" => Kind::ChannelStateChange {
+                channel: body::<WithChannel>(text).map_err(malformed)?.channel,
+            },
             "ChannelDtmfReceived" => {
                 let b: DtmfBody = body(text).map_err(malformed)?;
-                Kind::ChannelDtmfReceived { channel: b.channel, digit: b.digit, duration_ms: b.duration_ms }
+                Kind::ChannelDtmfReceived {
+                    channel: b.channel,
+                    digit: b.digit,
+                    duration_ms: b.duration_ms,
+                }
             }
-            "ChannelDestroyed" => {
-                Kind::ChannelDestroyed { channel: body::<WithChannel>(text).map_err(malformed)?.channel }
-            }
+            "ChannelDestroyed" => Kind::ChannelDestroyed {
+                channel: body::<WithChannel>(text).map_err(malformed)?.channel,
+            },
             "ChannelEnteredBridge" => {
                 let b: BridgeBody = body(text).map_err(malformed)?;
-                Kind::ChannelEnteredBridge { bridge: b.bridge, channel: b.channel }
+                Kind::ChannelEnteredBridge {
+                    bridge: b.bridge,
+                    channel: b.channel,
+                }
             }
             "ChannelLeftBridge" => {
                 let b: BridgeBody = body(text).map_err(malformed)?;
-                let channel = b.channel.ok_or_else(|| malformed(serde::de::Error::missing_field("channel")))?;
-                Kind::ChannelLeftBridge { bridge: b.bridge, channel }
+                let channel = b
+                    .channel
+                    .ok_or_else(|| malformed(serde::de::Error::missing_field("channel")))?;
+                Kind::ChannelLeftBridge {
+                    bridge: b.bridge,
+                    channel,
+                }
             }
-            "BridgeDestroyed" => Kind::BridgeDestroyed { bridge: body::<BridgeBody>(text).map_err(malformed)?.bridge },
-            "PlaybackFinished" => {
-                Kind::PlaybackFinished { playback: body::<PlaybackBody>(text).map_err(malformed)?.playback }
-            }
+            "BridgeDestroyed" => Kind::BridgeDestroyed {
+                bridge: body::<BridgeBody>(text).map_err(malformed)?.bridge,
+            },
+            "PlaybackFinished" => Kind::PlaybackFinished {
+                playback: body::<PlaybackBody>(text).map_err(malformed)?.playback,
+            },
             "ApplicationReplaced" => Kind::ApplicationReplaced,
             // Unknown or untyped kinds: keep the channel when there is one, so the event can
             // reach that channel's call; a channel field of an unexpected shape is ignored.
-            _ => Kind::Other { channel: body::<MaybeChannel>(text).ok().and_then(|m| m.channel) },
+            _ => Kind::Other {
+                channel: body::<MaybeChannel>(text)
+                    .ok()
+                    .and_then(|m| m.channel)
+                    .map(|c| Channel { id: c.id, ..Channel::default() }),
+            },
         };
         Ok(Event {
             kind_name,
@@ -227,8 +286,12 @@ impl Event {
             | Kind::ChannelDtmfReceived { channel, .. }
             | Kind::ChannelDestroyed { channel }
             | Kind::ChannelLeftBridge { channel, .. } => Some(channel),
-            Kind::ChannelEnteredBridge { channel, .. } | Kind::Other { channel } => channel.as_ref(),
-            Kind::BridgeDestroyed { .. } | Kind::PlaybackFinished { .. } | Kind::ApplicationReplaced => None,
+            Kind::ChannelEnteredBridge { channel, .. } | Kind::Other { channel } => {
+                channel.as_ref()
+            }
+            Kind::BridgeDestroyed { .. }
+            | Kind::PlaybackFinished { .. }
+            | Kind::ApplicationReplaced => None,
         }
     }
 }
@@ -250,7 +313,9 @@ mod tests {
         assert_eq!(e.kind_name, "StasisStart");
         assert_eq!(e.asterisk_id, "02:00:00:00:00:0a");
         assert_eq!(e.application, "conf");
-        let Kind::StasisStart { channel, args } = &e.kind else { panic!("wrong kind {:?}", e.kind) };
+        let Kind::StasisStart { channel, args } = &e.kind else {
+            panic!("wrong kind {:?}", e.kind)
+        };
         assert_eq!(args, &["a", "b"]);
         assert_eq!(channel.id, "ast-a-1.1");
         assert_eq!(channel.state, "Ring");
@@ -271,23 +336,48 @@ mod tests {
 
     #[test]
     fn rejects_garbage_missing_type_and_malformed_known_kinds() {
-        assert!(matches!(Event::parse("{not json"), Err(EventError::NotJson(_))));
-        assert!(matches!(Event::parse(r#"{"asterisk_id":"x"}"#), Err(EventError::NoType)));
+        assert!(matches!(
+            Event::parse("{not json"),
+            Err(EventError::NotJson(_))
+        ));
+        assert!(matches!(
+            Event::parse(r#"{"asterisk_id":"x"}"#),
+            Err(EventError::NoType)
+        ));
         assert!(matches!(
             Event::parse(r#"{"type":"StasisStart","channel":"nope"}"#),
             Err(EventError::Malformed { .. })
         ));
-        assert!(matches!(Event::parse(r#"{"type":"ChannelDtmfReceived","channel":{"id":"c"}}"#), Err(EventError::Malformed { .. })));
+        assert!(matches!(
+            Event::parse(r#"{"type":"ChannelDtmfReceived","channel":{"id":"c"}}"#),
+            Err(EventError::Malformed { .. })
+        ));
     }
 
     #[test]
     fn dtmf_and_playback_and_bridge_events() {
-        let d = Event::parse(r#"{"type":"ChannelDtmfReceived","digit":"5","duration_ms":120,"channel":{"id":"c"}}"#).unwrap();
-        assert_eq!(d.kind, Kind::ChannelDtmfReceived { channel: d.channel().unwrap().clone(), digit: "5".into(), duration_ms: 120 });
+        let d = Event::parse(
+            r#"{"type":"ChannelDtmfReceived","digit":"5","duration_ms":120,"channel":{"id":"c"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            d.kind,
+            Kind::ChannelDtmfReceived {
+                channel: d.channel().unwrap().clone(),
+                digit: "5".into(),
+                duration_ms: 120
+            }
+        );
         let p = Event::parse(r#"{"type":"PlaybackFinished","playback":{"id":"p1","media_uri":"sound:x","target_uri":"channel:c","state":"done"}}"#).unwrap();
-        let Kind::PlaybackFinished { playback } = p.kind else { panic!() };
-        assert_eq!((playback.id.as_str(), playback.target_uri.as_str()), ("p1", "channel:c"));
-        let b = Event::parse(r#"{"type":"BridgeDestroyed","bridge":{"id":"conf","channels":[]}}"#).unwrap();
+        let Kind::PlaybackFinished { playback } = p.kind else {
+            panic!()
+        };
+        assert_eq!(
+            (playback.id.as_str(), playback.target_uri.as_str()),
+            ("p1", "channel:c")
+        );
+        let b = Event::parse(r#"{"type":"BridgeDestroyed","bridge":{"id":"conf","channels":[]}}"#)
+            .unwrap();
         assert!(matches!(b.kind, Kind::BridgeDestroyed { ref bridge } if bridge.id == "conf"));
     }
 }

@@ -16,7 +16,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stasis_e2e::{InboundCall, NodeHandle, host_config, in_bridge, plugin, route_trunk_legs, sim_config};
+use stasis_e2e::{
+    InboundCall, NodeHandle, host_config, in_bridge, plugin, route_trunk_legs, sim_config,
+};
 use stasis_host::gateway::Gateway;
 use stasis_host::runtime::{AppSettings, RuntimeConfig};
 use tracing::field::{Field, Visit};
@@ -27,6 +29,7 @@ use tracing_subscriber::{Layer, Registry};
 #[derive(Default, Clone)]
 struct Latency {
     inner: Arc<Mutex<(HashMap<String, Instant>, Vec<Duration>)>>,
+    events: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 struct ChannelField(Option<String>);
@@ -64,6 +67,8 @@ impl<S: tracing::Subscriber> Layer<S> for Latency {
         event.record(&mut Msg(&mut message));
         let mut inner = self.inner.lock().unwrap();
         if message == "event" {
+            self.events
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             inner.0.insert(channel, now);
         } else if let Some(t) = inner.0.remove(&channel) {
             inner.1.push(now - t);
@@ -85,7 +90,9 @@ fn cpu_of(prefixes: &[&str]) -> f64 {
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = rest.split_whitespace().collect();
         if fields.len() > 13 {
-            total += (fields[11].parse::<f64>().unwrap_or(0.0) + fields[12].parse::<f64>().unwrap_or(0.0)) / ticks;
+            total += (fields[11].parse::<f64>().unwrap_or(0.0)
+                + fields[12].parse::<f64>().unwrap_or(0.0))
+                / ticks;
         }
     }
     total
@@ -122,15 +129,26 @@ fn call(node: &NodeHandle, i: usize) -> String {
 }
 
 /// Runs `total` calls in batches of `batch` on node `a`; returns the elapsed time.
-async fn run_calls(a: &NodeHandle, total: usize, batch: usize, live: impl Fn() -> usize) -> Duration {
+async fn run_calls(
+    a: &NodeHandle,
+    total: usize,
+    batch: usize,
+    live: impl Fn() -> usize,
+) -> Duration {
     let start = Instant::now();
     let mut done = 0;
     while done < total {
-        let ids: Vec<String> = (0..batch.min(total - done)).map(|i| call(a, done + i)).collect();
+        let ids: Vec<String> = (0..batch.min(total - done))
+            .map(|i| call(a, done + i))
+            .collect();
         let t = Instant::now();
         while !ids.iter().all(|id| in_bridge(a, id, "conf")) {
             if t.elapsed() > Duration::from_secs(5) {
-                let bad: Vec<_> = ids.iter().filter(|id| !in_bridge(a, id, "conf")).map(|id| a.channel(id)).collect();
+                let bad: Vec<_> = ids
+                    .iter()
+                    .filter(|id| !in_bridge(a, id, "conf"))
+                    .map(|id| a.channel(id))
+                    .collect();
                 panic!("not bridged: {} {:?}", bad.len(), bad.first());
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -154,12 +172,20 @@ fn main() {
     let latency = Latency::default();
     tracing::subscriber::set_global_default(
         Registry::default()
-            .with(latency.clone().with_filter(
-                tracing_subscriber::filter::Targets::new().with_target("stasis::latency", tracing::Level::TRACE),
-            ))
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr).with_filter(
-                tracing_subscriber::filter::Targets::new().with_default(tracing::Level::WARN),
-            )),
+            .with(
+                latency.clone().with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("stasis::latency", tracing::Level::TRACE),
+                ),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new()
+                            .with_default(tracing::Level::WARN),
+                    ),
+            ),
     )
     .unwrap();
     let sim_rt = tokio::runtime::Builder::new_multi_thread()
@@ -184,42 +210,63 @@ fn main() {
     let host_config = host_config(&sim, "");
     let host = host_rt
         .block_on(async {
-            let runtime = RuntimeConfig { max_instances: 2000, ..RuntimeConfig::default() };
+            let runtime = RuntimeConfig {
+                max_instances: 2000,
+                ..RuntimeConfig::default()
+            };
             let host = Gateway::start(host_config, runtime).await?;
-            host.load_app("conf", wasm, AppSettings { max_live_calls: 2000, ..AppSettings::default() }).await?;
+            host.load_app(
+                "conf",
+                wasm,
+                AppSettings {
+                    max_live_calls: 2000,
+                    ..AppSettings::default()
+                },
+            )
+            .await?;
             Ok::<_, anyhow::Error>(host)
         })
         .unwrap();
     let app = host.catalog.get("conf").unwrap();
     sim_rt.block_on(wait(|| {
-        host.cluster.nodes().all(|n| n.is_up()) && a.apps().contains(&"conf".to_string()) && b.apps().contains(&"conf".to_string())
+        host.cluster.nodes().all(|n| n.is_up())
+            && a.apps().contains(&"conf".to_string())
+            && b.apps().contains(&"conf".to_string())
     }));
 
-    // Warm-up, then the measured run.
+    // Warm-up, then measured runs: small conferences (10 callers at a time) and large ones
+    // (100 at a time: every join and leave updates BRIDGEPEER on every member, as Asterisk
+    // does, so events per call grow with the conference).
     let live = || app.live_calls();
     sim_rt.block_on(run_calls(&a, 200, 50, live));
-    latency.inner.lock().unwrap().1.clear();
-    let (host_cpu0, sim_cpu0) = (cpu_of(&["host", "stasis-epoch", "epoch"]), cpu_of(&["sim"]));
-    let total = 3000;
-    let elapsed = sim_rt.block_on(run_calls(&a, total, 100, live));
-    let (host_cpu, sim_cpu) = (cpu_of(&["host", "stasis-epoch", "epoch"]) - host_cpu0, cpu_of(&["sim"]) - sim_cpu0);
-    let mut lat = std::mem::take(&mut latency.inner.lock().unwrap().1);
-    lat.sort();
-
-    println!("conference flow, {total} calls in batches of 100 on one node (host: 1 worker thread, simulator: 1 worker thread)");
-    println!("  calls per second:                 {:.0}", total as f64 / elapsed.as_secs_f64());
-    println!("  host CPU per call:                {:.1} µs", host_cpu * 1e6 / total as f64);
-    println!("  simulator CPU per call:           {:.1} µs (driver included)", sim_cpu * 1e6 / total as f64);
-    println!(
-        "  host share of CPU:                {:.0} %",
-        100.0 * host_cpu / (host_cpu + sim_cpu).max(f64::EPSILON)
-    );
-    println!(
-        "  event → request inside the host:  p50 {:.0} µs, p99 {:.0} µs ({} samples)",
-        micros(percentile(&lat, 0.5)),
-        micros(percentile(&lat, 0.99)),
-        lat.len()
-    );
+    for (total, batch) in [(2000, 10), (3000, 100)] {
+        latency.inner.lock().unwrap().1.clear();
+        let events0 = latency.events.load(std::sync::atomic::Ordering::Relaxed);
+        let (host_cpu0, sim_cpu0) = (cpu_of(&["host", "wasm-epoch"]), cpu_of(&["sim"]));
+        let elapsed = sim_rt.block_on(run_calls(&a, total, batch, live));
+        let (host_cpu, sim_cpu) = (cpu_of(&["host", "wasm-epoch"]) - host_cpu0, cpu_of(&["sim"]) - sim_cpu0);
+        let events = latency.events.load(std::sync::atomic::Ordering::Relaxed) - events0;
+        let mut lat = std::mem::take(&mut latency.inner.lock().unwrap().1);
+        lat.sort();
+        println!(
+            "conference flow, {total} calls, {batch} callers per conference at a time, one node \
+             (host: 1 worker thread, simulator: 1 worker thread)"
+        );
+        println!("  calls per second:                 {:.0}", total as f64 / elapsed.as_secs_f64());
+        println!("  events per call (host intake):    {:.1}", events as f64 / total as f64);
+        println!("  host CPU per call:                {:.1} µs", host_cpu * 1e6 / total as f64);
+        println!("  simulator CPU per call:           {:.1} µs (driver included)", sim_cpu * 1e6 / total as f64);
+        println!(
+            "  host share of CPU:                {:.0} %",
+            100.0 * host_cpu / (host_cpu + sim_cpu).max(f64::EPSILON)
+        );
+        println!(
+            "  event → request inside the host:  p50 {:.0} µs, p99 {:.0} µs ({} samples)",
+            micros(percentile(&lat, 0.5)),
+            micros(percentile(&lat, 0.99)),
+            lat.len()
+        );
+    }
 
     // Join latency: local participant vs participants on another node.
     let mut local = Vec::new();
@@ -236,7 +283,9 @@ fn main() {
             let first = call(&b, round);
             wait(|| {
                 in_bridge(&b, &first, "conf")
-                    && b.channels().iter().any(|c| c.id.starts_with("trunk-") && c.bridge.as_deref() == Some("conf"))
+                    && b.channels()
+                        .iter()
+                        .any(|c| c.id.starts_with("trunk-") && c.bridge.as_deref() == Some("conf"))
             })
             .await;
             remote_first.push(t.elapsed());
@@ -247,10 +296,15 @@ fn main() {
             for (node, id) in [(&a, &home), (&b, &first), (&b, &next)] {
                 node.hangup_far_end(id, None).unwrap();
             }
-            wait(|| app.live_calls() == 0 && a.bridges().is_empty() && b.bridges().is_empty()).await;
+            wait(|| app.live_calls() == 0 && a.bridges().is_empty() && b.bridges().is_empty())
+                .await;
         });
     }
-    for (name, mut v) in [("local participant", local), ("first on another node", remote_first), ("next on that node", remote_next)] {
+    for (name, mut v) in [
+        ("local participant", local),
+        ("first on another node", remote_first),
+        ("next on that node", remote_next),
+    ] {
         v.sort();
         println!(
             "  join latency, {name:<22} p50 {:.0} µs, p99 {:.0} µs",
