@@ -66,3 +66,133 @@ for p in "${plugins[@]}"; do
     fi
     printf '%-12s %7d bytes  %s\n' "$p" "$(wc -c <"$dst")" "$dst"
 done
+
+# ---------------------------------------------------------------------------------------------
+# Apps in other languages. Each is a directory under plugins/ without a Cargo.toml:
+#   plugins/<name>/requirements.txt + app.py   Python, built with componentize-py
+#   plugins/<name>/package.json     + app.js   JavaScript, built with componentize-js
+# Output: <target-dir>/plugins/<name>.wasm, like the Rust plugins.
+#
+# The toolchains are installed here, from the registries only, at the exact versions the
+# plugin's own files pin (requirements.txt; package.json + package-lock.json):
+#   Python: a venv per distinct requirements.txt, <target-dir>/plugin-tools/py-<hash>/
+#   JavaScript: `npm ci` into plugins/<name>/node_modules/ (gitignored)
+# A component is rebuilt only when its inputs change: the stamp <out>/.<name>.inputs holds a
+# hash of the plugin's sources, its pins, the WIT contract and the build command, so a no-op
+# run costs a few hashes (componentize takes 10–20 s per app).
+
+# Serialise the non-cargo part across concurrent runs (e.g. several test processes).
+if command -v flock >/dev/null 2>&1; then
+    exec 9>"$out_dir/.build.lock"
+    flock 9
+fi
+
+hash_files() { # the sha256 of the named files' contents and names, in order
+    sha256sum "$@" | sha256sum | cut -c1-64
+}
+
+# The plugin's input files (sources, pins), excluding installed dependencies.
+plugin_inputs() {
+    (cd "$1" && find . -type f ! -path './node_modules/*' ! -path './__pycache__/*' \
+        ! -name '*.wasm' ! -name '*.pyc' | LC_ALL=C sort)
+}
+
+# Whether <name>'s component is up to date for the inputs hash $2; if not, the caller builds.
+fresh() {
+    [[ -f "$out_dir/$1.wasm" && -f "$out_dir/.$1.inputs" && "$(cat "$out_dir/.$1.inputs")" == "$2" ]]
+}
+
+# Checks the output is a component, then installs it atomically with its stamp.
+install_component() { # name tmpfile inputs-hash
+    local magic
+    magic="$(head -c 8 "$2" | od -An -tx1 | tr -d ' \n')"
+    if [[ "$magic" != "0061736d0d000100" ]]; then
+        echo "build.sh: $1: output is not a WebAssembly component (first bytes: $magic)" >&2
+        exit 1
+    fi
+    mv -f "$2" "$out_dir/$1.wasm"
+    printf '%s\n' "$3" >"$out_dir/.$1.inputs.tmp.$$"
+    mv -f "$out_dir/.$1.inputs.tmp.$$" "$out_dir/.$1.inputs"
+}
+
+wit_hash="$(hash_files $(find wit -type f | LC_ALL=C sort))"
+
+# Python: a venv with the pinned requirements; prints the venv's directory.
+python_tools() { # requirements.txt
+    local req="$1" dir py
+    py="$(command -v python3 || true)"
+    [[ -n "$py" ]] || { echo "build.sh: python3 (3.10+) is needed to build $req's app" >&2; exit 1; }
+    dir="$target_dir/plugin-tools/py-$(hash_files "$req" | cut -c1-16)"
+    if [[ ! -f "$dir/.installed" ]]; then
+        echo "build.sh: installing the Python toolchain pinned in $req into $dir" >&2
+        rm -rf "$dir"
+        mkdir -p "$(dirname "$dir")"
+        if ! "$py" -m venv "$dir" >&2; then
+            echo "build.sh: '$py -m venv' failed: install Python's venv module (Debian: apt-get install python3-venv)" >&2
+            exit 1
+        fi
+        if ! "$dir/bin/python" -m pip install --quiet --disable-pip-version-check \
+            --no-input -r "$req" >&2; then
+            echo "build.sh: pip could not install $req (is PyPI reachable?)" >&2
+            exit 1
+        fi
+        touch "$dir/.installed"
+    fi
+    printf '%s\n' "$dir"
+}
+
+# JavaScript: node_modules exactly as package-lock.json says.
+js_tools() { # plugin dir
+    local dir="$1" lock_hash
+    command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+        || { echo "build.sh: node (18+) and npm are needed to build $dir" >&2; exit 1; }
+    [[ -f "$dir/package-lock.json" ]] \
+        || { echo "build.sh: $dir/package-lock.json is missing: run 'npm install' there and commit it" >&2; exit 1; }
+    lock_hash="$(hash_files "$dir/package.json" "$dir/package-lock.json")"
+    if [[ ! -f "$dir/node_modules/.stasis-installed" \
+        || "$(cat "$dir/node_modules/.stasis-installed")" != "$lock_hash" ]]; then
+        echo "build.sh: installing the JavaScript toolchain pinned in $dir/package-lock.json" >&2
+        if ! (cd "$dir" && npm ci --no-audit --no-fund --loglevel=error >&2); then
+            echo "build.sh: 'npm ci' failed in $dir (is the npm registry reachable?)" >&2
+            exit 1
+        fi
+        printf '%s\n' "$lock_hash" >"$dir/node_modules/.stasis-installed"
+    fi
+}
+
+for dir in plugins/*/; do
+    dir="${dir%/}"
+    name="$(basename "$dir")"
+    [[ -f "$dir/Cargo.toml" ]] && continue
+    if [[ -f "$dir/requirements.txt" ]]; then
+        [[ -f "$dir/app.py" ]] || { echo "build.sh: $dir: requirements.txt but no app.py" >&2; exit 1; }
+        venv="$(python_tools "$dir/requirements.txt")"
+        cmd=(componentize-py -d wit -w app componentize -p "$dir" app)
+        inputs="$( { echo "${cmd[*]}"; echo "$wit_hash";
+                    (cd "$dir" && hash_files $(plugin_inputs .)); } | sha256sum | cut -c1-64)"
+        if ! fresh "$name" "$inputs"; then
+            echo "build.sh: $name: componentize-py (about 10 s)" >&2
+            tmp="$out_dir/$name.wasm.tmp.$$"
+            "$venv/bin/${cmd[0]}" "${cmd[@]:1}" -o "$tmp" >&2 \
+                || { rm -f "$tmp"; echo "build.sh: $name: componentize-py failed" >&2; exit 1; }
+            install_component "$name" "$tmp" "$inputs"
+        fi
+    elif [[ -f "$dir/package.json" ]]; then
+        [[ -f "$dir/app.js" ]] || { echo "build.sh: $dir: package.json but no app.js" >&2; exit 1; }
+        js_tools "$dir"
+        # No wasi:http (the host links only WASI cli/io/clocks/random/filesystem).
+        cmd=(componentize-js app.js -w "$root/wit" -n app -d http fetch-event)
+        inputs="$( { echo "${cmd[*]}"; echo "$wit_hash"
+                    (cd "$dir" && hash_files $(plugin_inputs .)); } | sha256sum | cut -c1-64)"
+        if ! fresh "$name" "$inputs"; then
+            echo "build.sh: $name: componentize-js (about 10 s)" >&2
+            tmp="$out_dir/$name.wasm.tmp.$$"
+            (cd "$dir" && node_modules/.bin/"${cmd[0]}" "${cmd[@]:1}" -o "$tmp" >&2) \
+                || { rm -f "$tmp"; echo "build.sh: $name: componentize-js failed" >&2; exit 1; }
+            install_component "$name" "$tmp" "$inputs"
+        fi
+    else
+        continue
+    fi
+    printf '%-12s %7d bytes  %s\n' "$name" "$(wc -c <"$out_dir/$name.wasm")" "$out_dir/$name.wasm"
+done

@@ -5,7 +5,7 @@
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use stasis_e2e::{AdminHost, in_bridge, plugin, sim_config, wait_for};
+use stasis_e2e::{AdminHost, PATIENCE, in_bridge, plugin, sim_config, wait_for};
 use stasis_host::admin_client::{AdminClient, ClientError};
 
 const TOKEN: &str = "test-token-0123456789";
@@ -338,47 +338,26 @@ async fn a_swap_while_200_calls_are_active_drops_none() {
     wait_registered(&sim, "conf", true).await;
     let old = admin.host.catalog.get("conf").unwrap();
 
+    // Ramp up in batches: 200 simultaneous addChannel requests to one bridge on a small
+    // shared machine can outlast the test's 2 s ARI timeout, which is not what this tests.
     let mut calls = Vec::new();
-    for i in 0..200 {
-        let node = "a";
-        let id = sim
-            .node(node)
-            .inject_call(stasis_e2e::InboundCall {
+    for batch in 0..10 {
+        let mut ids = Vec::new();
+        for i in batch * 20..(batch + 1) * 20 {
+            let call = stasis_e2e::InboundCall {
                 caller_name: format!("c{i}"),
                 caller_number: format!("{i}"),
                 exten: "8000".into(),
                 ..Default::default()
-            })
-            .unwrap();
-        calls.push((node, id));
-    }
-    let bridged = || {
-        calls
-            .iter()
-            .filter(|(n, id)| in_bridge(&sim.node(n), id, "conf"))
-            .count()
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while bridged() < calls.len() {
-        if Instant::now() > deadline {
-            let states: Vec<String> = calls
-                .iter()
-                .filter(|(n, id)| !in_bridge(&sim.node(n), id, "conf"))
-                .map(|(n, id)| {
-                    format!(
-                        "{n}/{id}: {:?}",
-                        sim.node(n).channel(id).map(|c| (c.state, c.bridge))
-                    )
-                })
-                .take(10)
-                .collect();
-            panic!(
-                "only {} of 200 calls bridged; live {}; e.g. {states:?}",
-                bridged(),
-                old.live_calls()
-            );
+            };
+            ids.push(("a", sim.node("a").inject_call(call).unwrap()));
         }
-        tokio::time::sleep(Duration::from_millis(10)).await;
+        let bridged = |ids: &[(&str, String)]| {
+            ids.iter()
+                .all(|(n, id)| in_bridge(&sim.node(n), id, "conf"))
+        };
+        wait_for(&format!("batch {batch} bridged"), || bridged(&ids)).await;
+        calls.extend(ids);
     }
     assert_eq!(old.live_calls(), 200);
 
@@ -532,9 +511,11 @@ async fn rollback_reactivates_the_previous_version() {
 /// The benchmark of the issue: from the start of the upload of the Rust conference app to
 /// its first call answered and bridged on a node. Goal: at most 200 ms.
 ///
-/// Round 0 is a cold host (no app yet: the node's event socket opens for it); later rounds
-/// upload a new app name to a host already serving, as in production (the socket moves to
-/// the new app set, make-before-break). Each round's app has its own extension.
+/// Round 0 uploads to a host with no app yet (the node's event socket opens for it, so the
+/// round includes registering the app on the node); later rounds upload new versions to the
+/// host serving it (a hot swap: the first call after the upload must run on the new
+/// version). All rounds use one app name because the plugin's bridge id `conf` belongs to
+/// the app that created it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn upload_to_first_call_time() {
     let sim = sim(1).await;
@@ -545,54 +526,57 @@ async fn upload_to_first_call_time() {
     let conference = plugin("conference");
     let a = sim.node("a");
     let mut samples = Vec::new();
-    for round in 0..6 {
-        let name = format!("bench{round}");
-        let exten = format!("90{round:02}");
-        a.set_route(
-            "default",
-            &exten,
-            stasis_sim::Route::Stasis {
-                app: name.clone(),
-                args: Vec::new(),
-            },
-        );
+    for round in 0..8 {
         let started = Instant::now();
-        push(&client, &name, conference.clone()).await.unwrap();
-        let uploaded = started.elapsed();
-        while !a.apps().contains(&name) {
+        let uploaded = push(&client, "conf", conference.clone()).await.unwrap();
+        let upload = started.elapsed();
+        let version = admin.host.catalog.get("conf").unwrap();
+        while !a.apps().contains(&"conf".to_string()) {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "conf never registered: {:?}",
+                a.apps()
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let registered = started.elapsed();
         let call = stasis_e2e::InboundCall {
             caller_name: "Bench".into(),
-            exten,
+            exten: "8000".into(),
             ..Default::default()
         };
         let id = a.inject_call(call).unwrap();
         while !in_bridge(&a, &id, "conf") {
+            assert!(
+                started.elapsed() < PATIENCE,
+                "first call never bridged: {:?}",
+                a.channel(&id)
+            );
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         let total = started.elapsed();
+        assert_eq!(uploaded["version"], round + 1);
+        assert_eq!(version.live_calls(), 1, "the first call is live");
         println!(
-            "round {round} ({}): upload+validate+compile+store {} ms, registered on the node {} ms, first call bridged {} ms",
+            "round {round} ({}): upload+validate+compile+store {} ms, registered {} ms, first call bridged {} ms",
             if round == 0 {
-                "cold host"
+                "new app, host idle"
             } else {
-                "host serving"
+                "new version, host serving"
             },
-            uploaded.as_millis(),
+            upload.as_millis(),
             registered.as_millis(),
             total.as_millis()
         );
-        if round > 0 {
-            samples.push(total);
-        }
+        samples.push(total);
         a.hangup_far_end(&id, None).unwrap();
+        wait_for("the call ended", || version.live_calls() == 0).await;
     }
     samples.sort();
     println!(
-        "upload-to-first-call, host serving ({} bytes): median {} ms, min {} ms, max {} ms",
+        "upload-to-first-call ({} bytes, {} rounds): median {} ms, min {} ms, max {} ms",
         conference.len(),
+        samples.len(),
         samples[samples.len() / 2].as_millis(),
         samples[0].as_millis(),
         samples[samples.len() - 1].as_millis()

@@ -40,7 +40,11 @@ async fn conference_on_one_node_sends_the_seed_sequence() {
         a.hangup_far_end(id, None).unwrap();
     }
     wait_for("every instance dropped", || conf(&rig).live_calls() == 0).await;
-    assert_eq!(rig.host.ownership.sizes().0, 0, "ownership forgets ended channels");
+    assert_eq!(
+        rig.host.ownership.sizes().0,
+        0,
+        "ownership forgets ended channels"
+    );
     rig.stop().await;
 }
 
@@ -55,19 +59,46 @@ async fn calls_on_two_nodes_are_each_handled_on_their_own_node() {
     }
     for (node, id) in &calls {
         let handle = rig.node(node);
-        wait_for(&format!("{id} bridged on {node}"), || in_bridge(&handle, id, "conf")).await;
+        wait_for(&format!("{id} bridged on {node}"), || {
+            in_bridge(&handle, id, "conf")
+        })
+        .await;
     }
     for (node, id) in &calls {
         let (own, other) = if *node == "a" { (&a, &b) } else { (&b, &a) };
         let own_log = app_requests(own);
-        assert!(own_log.contains(&format!("POST /ari/channels/{id}/answer")), "{own_log:?}");
-        assert!(own_log.contains(&format!("POST /ari/bridges/conf/addChannel?channel={id}")), "{own_log:?}");
-        let strays: Vec<String> = app_requests(other).into_iter().filter(|r| r.contains(id.as_str())).collect();
-        assert!(strays.is_empty(), "requests for {id} reached the wrong node: {strays:?}");
+        assert!(
+            own_log.contains(&format!("POST /ari/channels/{id}/answer")),
+            "{own_log:?}"
+        );
+        assert!(
+            own_log.contains(&format!("POST /ari/bridges/conf/addChannel?channel={id}")),
+            "{own_log:?}"
+        );
+        let strays: Vec<String> = app_requests(other)
+            .into_iter()
+            .filter(|r| r.contains(id.as_str()))
+            .collect();
+        assert!(
+            strays.is_empty(),
+            "requests for {id} reached the wrong node: {strays:?}"
+        );
     }
     // Each node made its own local part of the conference.
-    assert_eq!(app_requests(&a).iter().filter(|r| r.starts_with("POST /ari/bridges/conf?")).count(), 1);
-    assert_eq!(app_requests(&b).iter().filter(|r| r.starts_with("POST /ari/bridges/conf?")).count(), 1);
+    assert_eq!(
+        app_requests(&a)
+            .iter()
+            .filter(|r| r.starts_with("POST /ari/bridges/conf?"))
+            .count(),
+        1
+    );
+    assert_eq!(
+        app_requests(&b)
+            .iter()
+            .filter(|r| r.starts_with("POST /ari/bridges/conf?"))
+            .count(),
+        1
+    );
     rig.stop().await;
 }
 
@@ -77,11 +108,17 @@ async fn a_killed_node_ends_its_calls_others_go_on_and_its_return_is_picked_up()
     let (a, b) = (rig.node("a"), rig.node("b"));
     let on_a = rig.call("a", "Alice", "8000");
     let on_b = rig.call("b", "Bob", "8000");
-    wait_for("both bridged", || in_bridge(&a, &on_a, "conf") && in_bridge(&b, &on_b, "conf")).await;
+    wait_for("both bridged", || {
+        in_bridge(&a, &on_a, "conf") && in_bridge(&b, &on_b, "conf")
+    })
+    .await;
     assert_eq!(conf(&rig).live_calls(), 2);
 
     a.kill().await;
-    wait_for("node a seen down", || !rig.host.cluster.node("a").unwrap().is_up()).await;
+    wait_for("node a seen down", || {
+        !rig.host.cluster.node("a").unwrap().is_up()
+    })
+    .await;
     wait_for("node a's call ended", || conf(&rig).live_calls() == 1).await;
     assert!(in_bridge(&b, &on_b, "conf"), "node b's call is untouched");
 
@@ -92,7 +129,10 @@ async fn a_killed_node_ends_its_calls_others_go_on_and_its_return_is_picked_up()
     a.revive().await.unwrap();
     rig.wait_connected().await;
     let back_on_a = rig.call("a", "Dave", "8000");
-    wait_for("call on the revived node bridged", || in_bridge(&a, &back_on_a, "conf")).await;
+    wait_for("call on the revived node bridged", || {
+        in_bridge(&a, &back_on_a, "conf")
+    })
+    .await;
     assert_eq!(conf(&rig).live_calls(), 3);
     rig.stop().await;
 }
@@ -105,24 +145,64 @@ async fn an_unknown_id_is_looked_up_on_every_node_once_then_cached() {
     let stranger = rig.call("b", "Eve", "9001");
     a.clear_log();
     b.clear_log();
-    let origin = Origin { app: "conf".into(), node: b.asterisk_id().into(), channel: "nobody".into() };
-    let get = |id: &str| Operation::Raw { method: "GET".into(), path: format!("/channels/{id}"), query: vec![], body: None };
+    let origin = Origin {
+        app: "conf".into(),
+        node: b.asterisk_id().into(),
+        channel: "nobody".into(),
+    };
+    let get = |id: &str| Operation::Raw {
+        method: "GET".into(),
+        path: format!("/channels/{id}"),
+        query: vec![],
+        body: None,
+    };
 
-    let first = rig.host.router.execute(&origin, get(&stranger)).await.unwrap();
-    assert!(matches!(first, Outcome::Raw { status: 200, ref body } if body.contains(&stranger)), "{first:?}");
+    let first = rig
+        .host
+        .router
+        .execute(&origin, get(&stranger))
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, Outcome::Raw { status: 200, ref body } if body.contains(&stranger)),
+        "{first:?}"
+    );
     let path = format!("GET /ari/channels/{stranger}");
-    assert_eq!(app_requests(&a), vec![path.clone()], "a was asked once and said 404");
-    assert_eq!(app_requests(&b), vec![path.clone(), path.clone()], "b answered the lookup, then the request");
+    assert_eq!(
+        app_requests(&a),
+        vec![path.clone()],
+        "a was asked once and said 404"
+    );
+    assert_eq!(
+        app_requests(&b),
+        vec![path.clone(), path.clone()],
+        "b answered the lookup, then the request"
+    );
 
-    rig.host.router.execute(&origin, get(&stranger)).await.unwrap();
+    rig.host
+        .router
+        .execute(&origin, get(&stranger))
+        .await
+        .unwrap();
     assert_eq!(app_requests(&a).len(), 1, "cached: a is not asked again");
     assert_eq!(app_requests(&b).len(), 3);
 
     // An id no node has: not found, never guessed.
-    let missing = rig.host.router.execute(&origin, get("no-such-channel")).await.unwrap_err();
+    let missing = rig
+        .host
+        .router
+        .execute(&origin, get("no-such-channel"))
+        .await
+        .unwrap_err();
     assert!(matches!(missing, AriError::NotFound(_)), "{missing:?}");
-    assert_eq!(app_requests(&a).last().unwrap(), "GET /ari/channels/no-such-channel");
-    assert_eq!(app_requests(&b).last().unwrap(), "GET /ari/channels/no-such-channel");
+    assert_eq!(
+        app_requests(&a).last().unwrap(),
+        "GET /ari/channels/no-such-channel"
+    );
+    assert_eq!(
+        app_requests(&b).last().unwrap(),
+        "GET /ari/channels/no-such-channel"
+    );
     rig.stop().await;
 }
 
@@ -131,8 +211,12 @@ async fn a_second_node_with_the_same_asterisk_id_is_refused() {
     use stasis_host::cluster::Health;
     // Two one-node clusters whose nodes share the default entity id of node "a": a
     // misconfigured pair of Asterisk boxes cloned from one image.
-    let first = stasis_sim::Cluster::start(stasis_e2e::sim_config(1)).await.unwrap();
-    let second = stasis_sim::Cluster::start(stasis_e2e::sim_config(1)).await.unwrap();
+    let first = stasis_sim::Cluster::start(stasis_e2e::sim_config(1))
+        .await
+        .unwrap();
+    let second = stasis_sim::Cluster::start(stasis_e2e::sim_config(1))
+        .await
+        .unwrap();
     let (x, y) = (first.node("a"), second.node("a"));
     assert_eq!(x.asterisk_id(), y.asterisk_id());
     let (user, pass) = first.credentials();
@@ -144,17 +228,34 @@ async fn a_second_node_with_the_same_asterisk_id_is_refused() {
         y.ari_url()
     ))
     .unwrap();
-    let host = stasis_host::gateway::Gateway::start(config, stasis_e2e::runtime_config()).await.unwrap();
-    host.load_app("conf", stasis_e2e::plugin("conference"), Default::default()).await.unwrap();
+    let host = stasis_host::gateway::Gateway::start(config, stasis_e2e::runtime_config())
+        .await
+        .unwrap();
+    host.load_app("conf", stasis_e2e::plugin("conference"), Default::default())
+        .await
+        .unwrap();
     wait_for("one node up, the other refused", || {
         let healths: Vec<Health> = host.cluster.nodes().map(|n| n.health()).collect();
         healths.contains(&Health::Up) && healths.contains(&Health::Refused)
     })
     .await;
     // The refused node never got an event socket: only identification requests.
-    let refused = host.cluster.nodes().find(|n| n.health() == Health::Refused).unwrap().name.clone();
-    let log = if refused == "x" { x.request_log() } else { y.request_log() };
-    assert!(!log.is_empty() && log.iter().all(|r| r.path == "/ari/asterisk/info"), "{log:?}");
+    let refused = host
+        .cluster
+        .nodes()
+        .find(|n| n.health() == Health::Refused)
+        .unwrap()
+        .name
+        .clone();
+    let log = if refused == "x" {
+        x.request_log()
+    } else {
+        y.request_log()
+    };
+    assert!(
+        !log.is_empty() && log.iter().all(|r| r.path == "/ari/asterisk/info"),
+        "{log:?}"
+    );
     host.shutdown();
     first.shutdown().await;
     second.shutdown().await;
@@ -164,19 +265,33 @@ async fn a_second_node_with_the_same_asterisk_id_is_refused() {
 async fn several_apps_share_the_host_and_an_originated_channel_comes_back_to_its_app() {
     let rig = Rig::start(1, &[("conf", "conference"), ("probe", "probe")]).await;
     let a = rig.node("a");
-    a.set_route("default", "7100", stasis_sim::Route::Stasis { app: "probe".into(), args: vec!["exercise".into()] });
+    a.set_route(
+        "default",
+        "7100",
+        stasis_sim::Route::Stasis {
+            app: "probe".into(),
+            args: vec!["exercise".into()],
+        },
+    );
     let conf_call = rig.call("a", "Alice", "8000");
     let probe_call = rig.call("a", "Bob", "7100");
-    wait_for("conference caller bridged", || in_bridge(&a, &conf_call, "conf")).await;
+    wait_for("conference caller bridged", || {
+        in_bridge(&a, &conf_call, "conf")
+    })
+    .await;
     let probe = rig.host.catalog.get("probe").unwrap();
     wait_for("probe exercised its imports", || {
-        probe.kv_get(&format!("results:{probe_call}")).is_some_and(|r| r.contains("request "))
+        probe
+            .kv_get(&format!("results:{probe_call}"))
+            .is_some_and(|r| r.contains("request "))
     })
     .await;
     // The probe originated Local/9001@default with app-args "child": the answered channel
     // enters Stasis for the probe app (not conf) and starts a call of its own there.
     wait_for("the originated channel came back to the probe app", || {
-        a.channels().iter().any(|c| c.stasis_app.as_deref() == Some("probe") && c.id != probe_call)
+        a.channels()
+            .iter()
+            .any(|c| c.stasis_app.as_deref() == Some("probe") && c.id != probe_call)
     })
     .await;
     let results = probe.kv_get(&format!("results:{probe_call}")).unwrap();
@@ -187,10 +302,16 @@ async fn several_apps_share_the_host_and_an_originated_channel_comes_back_to_its
         .trim()
         .to_string();
     wait_for("the child's on-start ran in the probe app", || {
-        probe.kv_get(&format!("trace:{originated}")).is_some_and(|t| t.starts_with("on-start ") && t.contains("\"child\""))
+        probe
+            .kv_get(&format!("trace:{originated}"))
+            .is_some_and(|t| t.starts_with("on-start ") && t.contains("\"child\""))
     })
     .await;
-    assert_eq!(conf(&rig).live_calls(), 1, "the conference app only has its own caller");
+    assert_eq!(
+        conf(&rig).live_calls(),
+        1,
+        "the conference app only has its own caller"
+    );
     rig.stop().await;
 }
 
@@ -200,7 +321,11 @@ async fn malformed_and_unknown_events_are_skipped_and_the_connection_stays_up() 
     let a = rig.node("a");
     let before = rig.call("a", "Alice", "8000");
     wait_for("Alice bridged", || in_bridge(&a, &before, "conf")).await;
-    let sockets_before = a.request_log().iter().filter(|r| r.path == "/ari/events").count();
+    let sockets_before = a
+        .request_log()
+        .iter()
+        .filter(|r| r.path == "/ari/events")
+        .count();
     for garbage in [
         "{not json",
         "[]",
@@ -214,10 +339,44 @@ async fn malformed_and_unknown_events_are_skipped_and_the_connection_stays_up() 
     }
     // The same socket still carries events: a new call is handled normally.
     let after = rig.call("a", "Bob", "8000");
-    wait_for("Bob bridged after the garbage", || in_bridge(&a, &after, "conf")).await;
-    let sockets_after = a.request_log().iter().filter(|r| r.path == "/ari/events").count();
+    wait_for("Bob bridged after the garbage", || {
+        in_bridge(&a, &after, "conf")
+    })
+    .await;
+    let sockets_after = a
+        .request_log()
+        .iter()
+        .filter(|r| r.path == "/ari/events")
+        .count();
     assert_eq!(sockets_before, sockets_after, "no reconnection was needed");
     assert!(rig.host.cluster.node("a").unwrap().is_up());
     assert_eq!(conf(&rig).live_calls(), 2, "Alice's call was not disturbed");
     rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_host_starts_before_a_node_and_waits_for_it() {
+    let sim = stasis_sim::Cluster::start(stasis_e2e::sim_config(2)).await.unwrap();
+    stasis_e2e::route_trunk_legs(&sim);
+    let (a, b) = (sim.node("a"), sim.node("b"));
+    a.kill().await; // node a is still booting when the host starts
+    let host = stasis_host::gateway::Gateway::start(stasis_e2e::host_config(&sim, ""), stasis_e2e::runtime_config())
+        .await
+        .expect("start-up does not fail on a missing node");
+    host.load_app("conf", stasis_e2e::plugin("conference"), Default::default()).await.unwrap();
+    wait_for("node b up", || host.cluster.node("b").unwrap().is_up()).await;
+    assert!(!host.cluster.node("a").unwrap().is_up());
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    a.revive().await.unwrap();
+    wait_for("node a picked up once it answers", || {
+        host.cluster.node("a").unwrap().is_up() && a.apps().contains(&"conf".to_string())
+    })
+    .await;
+    let id = a
+        .inject_call(stasis_e2e::InboundCall { caller_name: "Late".into(), exten: "8000".into(), ..Default::default() })
+        .unwrap();
+    wait_for("call on the late node bridged", || in_bridge(&a, &id, "conf")).await;
+    assert!(b.request_log().iter().all(|r| !r.path.contains(&id)));
+    host.shutdown();
+    sim.shutdown().await;
 }

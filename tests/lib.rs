@@ -39,14 +39,19 @@ pub fn host_config(sim: &stasis_sim::Cluster, extra: &str) -> Config {
             n.ari_url()
         ));
     }
-    toml.push_str("[limits]\nnode_grace_ms = 300\nmax_reconnect_ms = 200\nrequest_timeout_ms = 2000\n");
+    toml.push_str(
+        "[limits]\nnode_grace_ms = 300\nmax_reconnect_ms = 200\nrequest_timeout_ms = 2000\n",
+    );
     toml.push_str(extra);
     Config::from_toml(&toml).expect("valid test config")
 }
 
 /// A runtime sized for tests (many test processes share the machine's address space).
 pub fn runtime_config() -> RuntimeConfig {
-    RuntimeConfig { max_instances: 500, ..RuntimeConfig::default() }
+    RuntimeConfig {
+        max_instances: 500,
+        ..RuntimeConfig::default()
+    }
 }
 
 /// The compiled plugin `name` (plugins/build.sh runs once per test process).
@@ -62,11 +67,17 @@ impl Rig {
     }
 
     pub async fn start_with(sim_config: ClusterConfig, apps: &[(&str, &str)]) -> Rig {
-        let sim = stasis_sim::Cluster::start(sim_config).await.expect("simulated cluster");
+        let sim = stasis_sim::Cluster::start(sim_config)
+            .await
+            .expect("simulated cluster");
         route_trunk_legs(&sim);
-        let host = Gateway::start(host_config(&sim, ""), runtime_config()).await.expect("host starts");
+        let host = Gateway::start(host_config(&sim, ""), runtime_config())
+            .await
+            .expect("host starts");
         for (name, plugin_name) in apps {
-            host.load_app(name, plugin(plugin_name), AppSettings::default()).await.expect("app loads");
+            host.load_app(name, plugin(plugin_name), AppSettings::default())
+                .await
+                .expect("app loads");
         }
         let rig = Rig { sim, host };
         rig.wait_connected().await;
@@ -75,10 +86,20 @@ impl Rig {
 
     /// Waits until every node is up in the host and has all loaded apps registered.
     pub async fn wait_connected(&self) {
-        let apps: Vec<String> = self.host.catalog.all().iter().map(|a| a.name().to_string()).collect();
+        let apps: Vec<String> = self
+            .host
+            .catalog
+            .all()
+            .iter()
+            .map(|a| a.name().to_string())
+            .collect();
         wait_for("nodes connected with apps registered", || {
             self.host.cluster.nodes().all(|n| n.health() == Health::Up)
-                && self.sim.nodes().iter().all(|n| apps.iter().all(|a| n.apps().contains(a)))
+                && self
+                    .sim
+                    .nodes()
+                    .iter()
+                    .all(|n| apps.iter().all(|a| n.apps().contains(a)))
         })
         .await;
     }
@@ -105,6 +126,49 @@ impl Rig {
     }
 }
 
+/// Loads plugin `plugin` into `host` as app `name` from its compiled artifact, cached across
+/// test processes (`runtime::testing::plugin_artifact`): a Python or JavaScript component
+/// costs 10–30 s of Cranelift the first time, about a millisecond after that.
+pub async fn load_plugin_cached(
+    host: &Gateway,
+    name: &str,
+    plugin: &str,
+) -> std::sync::Arc<stasis_host::runtime::App> {
+    let (runtime, which) = ((*host.runtime).clone(), plugin.to_string());
+    let artifact = tokio::task::spawn_blocking(move || {
+        stasis_host::runtime::testing::plugin_artifact(&runtime, &which)
+    })
+    .await
+    .expect("compile task")
+    .unwrap_or_else(|e| panic!("plugin {plugin}: {e}"));
+    let backend = host.router.clone() as std::sync::Arc<dyn stasis_host::backend::AriBackend>;
+    let app = host
+        .runtime
+        .load(name, &artifact, AppSettings::default(), backend)
+        .expect("app loads");
+    host.catalog.activate(name, app.clone());
+    app
+}
+
+impl Rig {
+    /// [`Rig::start`] with the apps loaded through [`load_plugin_cached`].
+    pub async fn start_cached(nodes: usize, apps: &[(&str, &str)]) -> Rig {
+        let sim = stasis_sim::Cluster::start(sim_config(nodes))
+            .await
+            .expect("simulated cluster");
+        route_trunk_legs(&sim);
+        let host = Gateway::start(host_config(&sim, ""), runtime_config())
+            .await
+            .expect("host starts");
+        for (name, plugin_name) in apps {
+            load_plugin_cached(&host, name, plugin_name).await;
+        }
+        let rig = Rig { sim, host };
+        rig.wait_connected().await;
+        rig
+    }
+}
+
 /// Every node sends calls arriving over the trunk to the host's trunk-leg app with the dialled
 /// extension as argument, as `deploy/asterisk/extensions.conf` does on real nodes.
 pub fn route_trunk_legs(sim: &stasis_sim::Cluster) {
@@ -112,7 +176,10 @@ pub fn route_trunk_legs(sim: &stasis_sim::Cluster) {
         node.set_route(
             "from-trunk",
             "_.",
-            stasis_sim::Route::Stasis { app: stasis_host::conference::TRUNK_APP.into(), args: vec!["${EXTEN}".into()] },
+            stasis_sim::Route::Stasis {
+                app: stasis_host::conference::TRUNK_APP.into(),
+                args: vec!["${EXTEN}".into()],
+            },
         );
     }
 }
@@ -132,13 +199,20 @@ pub fn app_requests(node: &NodeHandle) -> Vec<String> {
     node.request_log()
         .into_iter()
         .filter(|r| !r.path.ends_with("/asterisk/info") && !r.path.ends_with("/events"))
-        .map(|r| if r.query.is_empty() { format!("{} {}", r.method, r.path) } else { format!("{} {}?{}", r.method, r.path, r.query) })
+        .map(|r| {
+            if r.query.is_empty() {
+                format!("{} {}", r.method, r.path)
+            } else {
+                format!("{} {}?{}", r.method, r.path, r.query)
+            }
+        })
         .collect()
 }
 
 /// Whether `channel` on `node` is up and in `bridge`.
 pub fn in_bridge(node: &NodeHandle, channel: &str, bridge: &str) -> bool {
-    node.channel(channel).is_some_and(|c| c.state == "Up" && c.bridge.as_deref() == Some(bridge))
+    node.channel(channel)
+        .is_some_and(|c| c.state == "Up" && c.bridge.as_deref() == Some(bridge))
 }
 
 /// A host with its admin API served on an ephemeral loopback port, in front of `sim`.
@@ -154,15 +228,28 @@ impl AdminHost {
     /// Starts a host for `sim` with `extra` TOML (e.g. `[store]` settings) and serves its
     /// admin API, requiring `token` if given.
     pub async fn start(sim: &stasis_sim::Cluster, extra: &str, token: Option<&str>) -> AdminHost {
-        let host = Gateway::start(host_config(sim, extra), runtime_config()).await.expect("host starts");
-        let apps = stasis_host::apps::Apps::open(&host).await.expect("app store opens");
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind admin");
+        let host = Gateway::start(host_config(sim, extra), runtime_config())
+            .await
+            .expect("host starts");
+        let apps = stasis_host::apps::Apps::open(&host)
+            .await
+            .expect("app store opens");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind admin");
         let url = format!("http://{}", listener.local_addr().expect("admin address"));
         let (served, token) = (apps.clone(), token.map(str::to_string));
         let server = tokio::spawn(async move {
-            stasis_host::admin::serve(listener, served, token.as_deref()).await.expect("admin API serves");
+            stasis_host::admin::serve(listener, served, token.as_deref())
+                .await
+                .expect("admin API serves");
         });
-        AdminHost { host, apps, url, server }
+        AdminHost {
+            host,
+            apps,
+            url,
+            server,
+        }
     }
 
     /// A client of this host's admin API.

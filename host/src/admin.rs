@@ -77,6 +77,7 @@ impl From<AppsError> for ApiError {
             },
             AppsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppsError::NoEarlierVersion(_) => (StatusCode::CONFLICT, "no_earlier_version"),
+            AppsError::NameTaken(_) => (StatusCode::CONFLICT, "name_taken"),
             AppsError::Store(_) | AppsError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

@@ -52,6 +52,8 @@ pub enum AppsError {
     Invalid(RuntimeError),
     #[error("no app named {0:?}")]
     NotFound(String),
+    #[error("app name {0:?} is held by an ARI client connected through the facade")]
+    NameTaken(String),
     #[error("app {0:?} has no version older than the active one to roll back to")]
     NoEarlierVersion(String),
     #[error("cannot persist the upload: {0}")]
@@ -196,6 +198,8 @@ pub struct Apps {
     max_upload_bytes: usize,
     entries: Mutex<BTreeMap<String, Entry>>,
     writes: tokio::sync::Mutex<()>,
+    /// Names held by ARI facade clients: never given to an upload.
+    external: Arc<crate::facade::events::ExternalApps>,
 }
 
 impl Apps {
@@ -219,6 +223,7 @@ impl Apps {
             max_upload_bytes: gateway.config.store.max_upload_bytes,
             entries: Mutex::new(BTreeMap::new()),
             writes: tokio::sync::Mutex::new(()),
+            external: gateway.external.clone(),
         });
         apps.load_stored().await?;
         Ok(apps)
@@ -370,6 +375,9 @@ impl Apps {
     ) -> Result<Uploaded, AppsError> {
         if !valid_name(name) {
             return Err(AppsError::BadName(name.to_string()));
+        }
+        if self.external.holds(name) {
+            return Err(AppsError::NameTaken(name.to_string()));
         }
         let result = self.try_upload(name, wasm, options).await;
         if let Err(e) = &result {

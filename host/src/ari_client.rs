@@ -84,9 +84,15 @@ impl AriClient {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.map_err(|e| self.transport_error(&method, path, e))?;
+        let response = request
+            .send()
+            .await
+            .map_err(|e| self.transport_error(&method, path, e))?;
         let status = response.status().as_u16();
-        let body = response.text().await.map_err(|e| self.transport_error(&method, path, e))?;
+        let body = response
+            .text()
+            .await
+            .map_err(|e| self.transport_error(&method, path, e))?;
         Ok(AriResponse { status, body })
     }
 
@@ -103,7 +109,10 @@ impl AriClient {
         if StatusCode::from_u16(response.status).is_ok_and(|s| s.is_success()) {
             Ok(response)
         } else {
-            Err(AriError::from_status(response.status, error_message(&response)))
+            Err(AriError::from_status(
+                response.status,
+                error_message(&response),
+            ))
         }
     }
 
@@ -137,33 +146,70 @@ mod tests {
     use super::*;
 
     fn resp(status: u16, body: &str) -> AriResponse {
-        AriResponse { status, body: body.into() }
+        AriResponse {
+            status,
+            body: body.into(),
+        }
     }
 
     #[test]
     fn error_messages_follow_asterisk_shapes() {
-        assert_eq!(error_message(&resp(404, r#"{"message": "Channel not found"}"#)), "Channel not found");
-        assert_eq!(error_message(&resp(500, r#"{"error": "Allocation failed"}"#)), "Allocation failed");
-        assert_eq!(error_message(&resp(503, "<html>Shutdown in progress</html>\n")), "<html>Shutdown in progress</html>");
+        assert_eq!(
+            error_message(&resp(404, r#"{"message": "Channel not found"}"#)),
+            "Channel not found"
+        );
+        assert_eq!(
+            error_message(&resp(500, r#"{"error": "Allocation failed"}"#)),
+            "Allocation failed"
+        );
+        assert_eq!(
+            error_message(&resp(503, "<html>Shutdown in progress</html>\n")),
+            "<html>Shutdown in progress</html>"
+        );
         assert_eq!(error_message(&resp(502, "")), "HTTP 502");
     }
 
     #[test]
     fn statuses_classify_like_asterisk_uses_them() {
         use AriError::*;
-        assert!(matches!(AriError::from_status(404, "Channel not found".into()), NotFound(_)));
-        assert!(matches!(AriError::from_status(400, "Channel not found".into()), NotFound(_)));
-        assert!(matches!(AriError::from_status(400, "Endpoint must be specified".into()), Invalid(_)));
-        assert!(matches!(AriError::from_status(409, "Channel not in Stasis application".into()), Conflict(_)));
-        assert!(matches!(AriError::from_status(422, "Channel not in Stasis application".into()), Conflict(_)));
-        assert!(matches!(AriError::from_status(503, "Shutdown".into()), Unavailable(_)));
-        assert!(matches!(AriError::from_status(500, "Allocation failed".into()), Failed(_)));
+        assert!(matches!(
+            AriError::from_status(404, "Channel not found".into()),
+            NotFound(_)
+        ));
+        assert!(matches!(
+            AriError::from_status(400, "Channel not found".into()),
+            NotFound(_)
+        ));
+        assert!(matches!(
+            AriError::from_status(400, "Endpoint must be specified".into()),
+            Invalid(_)
+        ));
+        assert!(matches!(
+            AriError::from_status(409, "Channel not in Stasis application".into()),
+            Conflict(_)
+        ));
+        assert!(matches!(
+            AriError::from_status(422, "Channel not in Stasis application".into()),
+            Conflict(_)
+        ));
+        assert!(matches!(
+            AriError::from_status(503, "Shutdown".into()),
+            Unavailable(_)
+        ));
+        assert!(matches!(
+            AriError::from_status(500, "Allocation failed".into()),
+            Failed(_)
+        ));
     }
 
     #[tokio::test]
     async fn refused_connection_is_unavailable() {
         // Bind then drop to get a port nothing listens on.
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let client = AriClient::new(
             "a",
             &format!("http://127.0.0.1:{port}/ari"),
@@ -172,7 +218,13 @@ mod tests {
             Duration::from_millis(200),
             Duration::from_millis(500),
         );
-        let err = client.call(Method::GET, "/asterisk/info", &[], None).await.unwrap_err();
-        assert!(matches!(err, AriError::Unavailable(ref m) if m.contains("node a")), "{err:?}");
+        let err = client
+            .call(Method::GET, "/asterisk/info", &[], None)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, AriError::Unavailable(ref m) if m.contains("node a")),
+            "{err:?}"
+        );
     }
 }

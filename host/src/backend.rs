@@ -38,7 +38,9 @@ impl AriError {
             404 => AriError::NotFound(message),
             // Asterisk answers 400 both for a missing parameter and for "Channel not found"
             // on addChannel; only the latter is a not-found.
-            400 if message.to_ascii_lowercase().contains("not found") => AriError::NotFound(message),
+            400 if message.to_ascii_lowercase().contains("not found") => {
+                AriError::NotFound(message)
+            }
             400 => AriError::Invalid(message),
             401 | 403 => AriError::Denied(message),
             409 | 422 => AriError::Conflict(message),
@@ -115,29 +117,91 @@ pub struct Recording {
 /// One ARI operation, as an app asked for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
-    Answer { channel: String },
-    Hangup { channel: String, reason: Option<String> },
-    Ring { channel: String },
-    Play { channel: String, media: Vec<String>, playback_id: String },
-    StopPlayback { playback: String },
-    GetOrCreateBridge { bridge: String, kind: BridgeType },
-    BridgeAdd { bridge: String, channel: String },
-    BridgeRemove { bridge: String, channel: String },
-    BridgeDestroy { bridge: String },
-    PlayOnBridge { bridge: String, media: Vec<String>, playback_id: String },
+    Answer {
+        channel: String,
+    },
+    Hangup {
+        channel: String,
+        reason: Option<String>,
+    },
+    Ring {
+        channel: String,
+    },
+    Play {
+        channel: String,
+        media: Vec<String>,
+        playback_id: String,
+    },
+    StopPlayback {
+        playback: String,
+    },
+    GetOrCreateBridge {
+        bridge: String,
+        kind: BridgeType,
+    },
+    BridgeAdd {
+        bridge: String,
+        channel: String,
+    },
+    BridgeRemove {
+        bridge: String,
+        channel: String,
+    },
+    BridgeDestroy {
+        bridge: String,
+    },
+    PlayOnBridge {
+        bridge: String,
+        media: Vec<String>,
+        playback_id: String,
+    },
     Originate(NewCall),
     Dial(NewCall),
-    GetVariable { channel: String, name: String },
-    SetVariable { channel: String, name: String, value: String },
-    Continue { channel: String, context: Option<String>, exten: Option<String>, priority: Option<i32> },
-    StartMoh { channel: String, class: Option<String> },
-    StopMoh { channel: String },
-    Mute { channel: String, direction: MuteDirection },
-    Unmute { channel: String, direction: MuteDirection },
-    SendDtmf { channel: String, digits: String },
-    Record { channel: String, options: Recording },
+    GetVariable {
+        channel: String,
+        name: String,
+    },
+    SetVariable {
+        channel: String,
+        name: String,
+        value: String,
+    },
+    Continue {
+        channel: String,
+        context: Option<String>,
+        exten: Option<String>,
+        priority: Option<i32>,
+    },
+    StartMoh {
+        channel: String,
+        class: Option<String>,
+    },
+    StopMoh {
+        channel: String,
+    },
+    Mute {
+        channel: String,
+        direction: MuteDirection,
+    },
+    Unmute {
+        channel: String,
+        direction: MuteDirection,
+    },
+    SendDtmf {
+        channel: String,
+        digits: String,
+    },
+    Record {
+        channel: String,
+        options: Recording,
+    },
     /// The escape hatch: `path` is relative to `/ari`, e.g. `/channels/X/snoop`.
-    Raw { method: String, path: String, query: Vec<(String, String)>, body: Option<String> },
+    Raw {
+        method: String,
+        path: String,
+        query: Vec<(String, String)>,
+        body: Option<String>,
+    },
 }
 
 /// What a successful operation returns.
@@ -169,5 +233,9 @@ pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 /// and by test doubles.
 pub trait AriBackend: Send + Sync + 'static {
     /// Executes one operation. Called only after the capability check passed.
-    fn execute<'a>(&'a self, origin: &'a Origin, op: Operation) -> BoxFuture<'a, Result<Outcome, AriError>>;
+    fn execute<'a>(
+        &'a self,
+        origin: &'a Origin,
+        op: Operation,
+    ) -> BoxFuture<'a, Result<Outcome, AriError>>;
 }

@@ -69,7 +69,11 @@ impl Catalog {
 
     /// The names the nodes must have registered: active and draining apps.
     fn published(&self, apps: &BTreeMap<String, Arc<App>>) -> Vec<String> {
-        let names: BTreeSet<String> = apps.keys().cloned().chain(self.draining.lock().iter().cloned()).collect();
+        let names: BTreeSet<String> = apps
+            .keys()
+            .cloned()
+            .chain(self.draining.lock().iter().cloned())
+            .collect();
         names.into_iter().collect()
     }
 

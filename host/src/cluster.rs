@@ -103,7 +103,10 @@ impl Cluster {
                 (name.clone(), Arc::new(node))
             })
             .collect();
-        Cluster { by_name, by_id: RwLock::new(HashMap::new()) }
+        Cluster {
+            by_name,
+            by_id: RwLock::new(HashMap::new()),
+        }
     }
 
     pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
@@ -146,7 +149,11 @@ impl Cluster {
 
     /// Nodes whose event connection is live.
     pub fn healthy(&self) -> Vec<Arc<Node>> {
-        self.by_name.values().filter(|n| n.is_up()).cloned().collect()
+        self.by_name
+            .values()
+            .filter(|n| n.is_up())
+            .cloned()
+            .collect()
     }
 }
 

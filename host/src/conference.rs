@@ -84,7 +84,14 @@ struct Part {
 
 impl Part {
     fn new(created: String) -> Part {
-        Part { members: HashSet::new(), leg: Leg::None, attempts: 0, inbound_legs: HashSet::new(), moh: false, created }
+        Part {
+            members: HashSet::new(),
+            leg: Leg::None,
+            attempts: 0,
+            inbound_legs: HashSet::new(),
+            moh: false,
+            created,
+        }
     }
 }
 
@@ -101,11 +108,20 @@ struct Conference {
 /// What a channel is to the conferences.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Role {
-    Member { bridge: String, node: String },
+    Member {
+        bridge: String,
+        node: String,
+    },
     /// The originating half of a part's leg.
-    LegOut { bridge: String, node: String },
+    LegOut {
+        bridge: String,
+        node: String,
+    },
     /// The half that arrived at the home node.
-    LegIn { bridge: String, node: String },
+    LegIn {
+        bridge: String,
+        node: String,
+    },
 }
 
 type Shared = Arc<tokio::sync::Mutex<Conference>>;
@@ -114,37 +130,65 @@ type Shared = Arc<tokio::sync::Mutex<Conference>>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Note {
     /// A channel entered [`TRUNK_APP`] on `node`.
-    LegStarted { node: String, channel: String, args: Vec<String> },
+    LegStarted {
+        node: String,
+        channel: String,
+        args: Vec<String>,
+    },
     /// A channel left Stasis or was destroyed.
     ChannelGone { channel: String },
     /// A channel left a bridge.
     LeftBridge { channel: String, bridge: String },
     /// A node's bridge was destroyed; `created` is its `creationtime`.
-    BridgeDestroyed { node: String, bridge: String, created: String },
+    BridgeDestroyed {
+        node: String,
+        bridge: String,
+        created: String,
+    },
     /// A node's event connection dropped.
     NodeDown { node: String },
 }
 
 /// All conferences of the cluster; see the module docs.
-#[derive(Debug)]
 pub struct Conferences {
     cluster: Arc<Cluster>,
     ownership: Arc<Ownership>,
     bridges: Mutex<HashMap<String, Shared>>,
     roles: Mutex<HashMap<String, Role>>,
     me: Weak<Conferences>,
+    on_retire: Mutex<Option<RetireHook>>,
 }
 
+impl std::fmt::Debug for Conferences {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (conferences, legs) = self.sizes();
+        f.debug_struct("Conferences").field("conferences", &conferences).field("legs", &legs).finish()
+    }
+}
+
+/// Told the id of every conference the host finishes (apps lose their right to the id).
+pub type RetireHook = Arc<dyn Fn(&str) + Send + Sync>;
+
 fn q(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    pairs
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
 }
 
 /// Conference ids travel in SIP URIs and dialplan arguments.
 fn check_id(id: &str) -> Result<(), AriError> {
-    if !id.is_empty() && id.len() <= 64 && id.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) {
+    if !id.is_empty()
+        && id.len() <= 64
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
         Ok(())
     } else {
-        Err(AriError::Invalid(format!("bridge id {id:?}: use 1-64 letters, digits, '-', '_' or '.'")))
+        Err(AriError::Invalid(format!(
+            "bridge id {id:?}: use 1-64 letters, digits, '-', '_' or '.'"
+        )))
     }
 }
 
@@ -156,7 +200,22 @@ impl Conferences {
             bridges: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
             me: me.clone(),
+            on_retire: Mutex::new(None),
         })
+    }
+
+    /// Sets what to do when a conference is finished: the gateway revokes the apps' rights to
+    /// its bridge id, so the id is free for any app again. (A node sends no BridgeDestroyed
+    /// for a bridge deleted with channels in it, so events alone cannot be relied on.)
+    pub fn on_retire(&self, hook: RetireHook) {
+        *self.on_retire.lock() = Some(hook);
+    }
+
+    fn retired(&self, id: &str) {
+        let hook = self.on_retire.lock().clone();
+        if let Some(hook) = hook {
+            hook(id);
+        }
     }
 
     fn node(&self, name: &str) -> Result<Arc<Node>, AriError> {
@@ -165,7 +224,11 @@ impl Conferences {
             .node(name)
             .cloned()
             .ok_or_else(|| AriError::Unavailable(format!("node {name} is not configured")))?;
-        if node.is_up() { Ok(node) } else { Err(AriError::Unavailable(format!("node {name} is down"))) }
+        if node.is_up() {
+            Ok(node)
+        } else {
+            Err(AriError::Unavailable(format!("node {name} is down")))
+        }
     }
 
     fn existing(&self, id: &str) -> Option<Shared> {
@@ -198,7 +261,10 @@ impl Conferences {
 
     /// Whether `channel` is a trunk leg (legs are hidden from apps).
     pub fn is_leg(&self, channel: &str) -> bool {
-        matches!(self.roles.lock().get(channel), Some(Role::LegOut { .. } | Role::LegIn { .. }))
+        matches!(
+            self.roles.lock().get(channel),
+            Some(Role::LegOut { .. } | Role::LegIn { .. })
+        )
     }
 
     /// Whether the conferences care about `channel` at all (cheap, for dispatch).
@@ -214,7 +280,10 @@ impl Conferences {
             return None;
         }
         let mut value: serde_json::Value = serde_json::from_str(json).ok()?;
-        let channels = value.get_mut("bridge")?.get_mut("channels")?.as_array_mut()?;
+        let channels = value
+            .get_mut("bridge")?
+            .get_mut("channels")?
+            .as_array_mut()?;
         let before = channels.len();
         channels.retain(|c| c.as_str().is_none_or(|id| !self.is_leg(id)));
         (channels.len() != before).then(|| value.to_string())
@@ -228,7 +297,12 @@ impl Conferences {
     }
 
     /// `get-or-create-bridge` from a call on `node`.
-    pub async fn get_or_create(&self, id: &str, kind: BridgeType, node: &str) -> Result<(), AriError> {
+    pub async fn get_or_create(
+        &self,
+        id: &str,
+        kind: BridgeType,
+        node: &str,
+    ) -> Result<(), AriError> {
         check_id(id)?;
         let shared = self.entry(id, kind, node);
         let mut conf = shared.lock().await;
@@ -250,7 +324,12 @@ impl Conferences {
                 let found = self.find_bridge(id).await?;
                 let kind = BridgeType::Mixing;
                 let shared = self.entry(id, kind, &found);
-                shared.lock().await.parts.entry(found).or_insert_with(|| Part::new(String::new()));
+                shared
+                    .lock()
+                    .await
+                    .parts
+                    .entry(found)
+                    .or_insert_with(|| Part::new(String::new()));
                 shared
             }
         };
@@ -265,19 +344,32 @@ impl Conferences {
         // The request itself runs unlocked: a large conference's joins proceed in parallel.
         let target = self.node(node)?;
         let path = format!("/bridges/{id}/addChannel");
-        target.client.call(Method::POST, &path, &q(&[("channel", channel)]), None).await?;
+        target
+            .client
+            .call(Method::POST, &path, &q(&[("channel", channel)]), None)
+            .await?;
         let mut conf = shared.lock().await;
         if !conf.parts.contains_key(node) {
             // The part was torn down while we were adding (its last member left): rebuild it.
             self.ensure_part(&mut conf, node).await?;
-            target.client.call(Method::POST, &path, &q(&[("channel", channel)]), None).await?;
+            target
+                .client
+                .call(Method::POST, &path, &q(&[("channel", channel)]), None)
+                .await?;
         }
         // A channel moves out of any other conference it was in.
         let previous = self.roles.lock().insert(
             channel.to_string(),
-            Role::Member { bridge: id.to_string(), node: node.to_string() },
+            Role::Member {
+                bridge: id.to_string(),
+                node: node.to_string(),
+            },
         );
-        conf.parts.get_mut(node).expect("part ensured").members.insert(channel.to_string());
+        conf.parts
+            .get_mut(node)
+            .expect("part ensured")
+            .members
+            .insert(channel.to_string());
         if node != conf.home {
             self.link(&mut conf, node).await;
         }
@@ -295,12 +387,19 @@ impl Conferences {
         let target = self.node(node)?;
         target
             .client
-            .call(Method::POST, &format!("/bridges/{id}/removeChannel"), &q(&[("channel", channel)]), None)
+            .call(
+                Method::POST,
+                &format!("/bridges/{id}/removeChannel"),
+                &q(&[("channel", channel)]),
+                None,
+            )
             .await?;
         let was_member = {
             let mut roles = self.roles.lock();
             match roles.get(channel) {
-                Some(Role::Member { bridge, .. }) if bridge == id => roles.remove(channel).is_some(),
+                Some(Role::Member { bridge, .. }) if bridge == id => {
+                    roles.remove(channel).is_some()
+                }
                 _ => false,
             }
         };
@@ -315,11 +414,14 @@ impl Conferences {
         let Some(shared) = self.bridges.lock().remove(id) else {
             let node = self.find_bridge(id).await?;
             let node = self.node(&node)?;
-            node.client.call(Method::DELETE, &format!("/bridges/{id}"), &[], None).await?;
+            node.client
+                .call(Method::DELETE, &format!("/bridges/{id}"), &[], None)
+                .await?;
             return Ok(());
         };
         let mut conf = shared.lock().await;
         conf.gone = true;
+        self.retired(id);
         let mut first_error = None;
         let parts: Vec<String> = conf.parts.keys().cloned().collect();
         for node in parts {
@@ -332,17 +434,28 @@ impl Conferences {
     }
 
     /// `play-on-bridge`: played in the home bridge, which every part hears through its leg.
-    pub async fn play(&self, id: &str, media: &str, playback_id: &str, fallback: &str) -> Result<(), AriError> {
+    pub async fn play(
+        &self,
+        id: &str,
+        media: &str,
+        playback_id: &str,
+        fallback: &str,
+    ) -> Result<(), AriError> {
         let node = match self.home(id) {
             Some(home) => home,
             None => match self.existing(id) {
                 Some(shared) => shared.lock().await.home.clone(),
-                None => self.find_bridge(id).await.unwrap_or_else(|_| fallback.to_string()),
+                None => self
+                    .find_bridge(id)
+                    .await
+                    .unwrap_or_else(|_| fallback.to_string()),
             },
         };
         let node = self.node(&node)?;
         let query = q(&[("media", media), ("playbackId", playback_id)]);
-        node.client.call(Method::POST, &format!("/bridges/{id}/play"), &query, None).await?;
+        node.client
+            .call(Method::POST, &format!("/bridges/{id}/play"), &query, None)
+            .await?;
         Ok(())
     }
 
@@ -358,8 +471,12 @@ impl Conferences {
     async fn find_bridge(&self, id: &str) -> Result<String, AriError> {
         let nodes = self.cluster.healthy();
         let path = format!("/bridges/{id}");
-        let answers =
-            futures_util::future::join_all(nodes.iter().map(|n| n.client.send(Method::GET, &path, &[], None))).await;
+        let answers = futures_util::future::join_all(
+            nodes
+                .iter()
+                .map(|n| n.client.send(Method::GET, &path, &[], None)),
+        )
+        .await;
         nodes
             .iter()
             .zip(answers)
@@ -375,13 +492,25 @@ impl Conferences {
         }
         let target = self.node(node)?;
         let path = format!("/bridges/{}", conf.id);
-        let bridge = match target.client.call(Method::POST, &path, &q(&[("type", conf.kind.as_ari())]), None).await {
+        let bridge = match target
+            .client
+            .call(
+                Method::POST,
+                &path,
+                &q(&[("type", conf.kind.as_ari())]),
+                None,
+            )
+            .await
+        {
             Ok(created) => created,
             // Already there (left over from before a host restart): use it.
             Err(AriError::Conflict(_)) => target.client.call(Method::GET, &path, &[], None).await?,
             Err(e) => return Err(e),
         };
-        let created = bridge.json()["creationtime"].as_str().unwrap_or_default().to_string();
+        let created = bridge.json()["creationtime"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
         conf.parts.insert(node.to_string(), Part::new(created));
         Ok(())
     }
@@ -389,14 +518,19 @@ impl Conferences {
     /// Makes sure the part on `node` is linked to home, or dialling, or waiting with music.
     async fn link(&self, conf: &mut Conference, node: &str) {
         let (id, home) = (conf.id.clone(), conf.home.clone());
-        let Some(part) = conf.parts.get_mut(node) else { return };
+        let Some(part) = conf.parts.get_mut(node) else {
+            return;
+        };
         if part.members.is_empty() {
             return;
         }
         if !matches!(part.leg, Leg::Up { .. }) && !part.moh {
             // Nobody is left alone in silence while the link is being made.
             if let Ok(n) = self.node(node)
-                && n.client.call(Method::POST, &format!("/bridges/{id}/moh"), &[], None).await.is_ok()
+                && n.client
+                    .call(Method::POST, &format!("/bridges/{id}/moh"), &[], None)
+                    .await
+                    .is_ok()
             {
                 part.moh = true;
             }
@@ -411,9 +545,17 @@ impl Conferences {
             .trunk
             .replace("{exten}", &format!("{TRUNK_EXTEN_PREFIX}{id}"))
             .replace("{node}", &home);
-        self.roles.lock().insert(channel.clone(), Role::LegOut { bridge: id.clone(), node: node.to_string() });
+        self.roles.lock().insert(
+            channel.clone(),
+            Role::LegOut {
+                bridge: id.clone(),
+                node: node.to_string(),
+            },
+        );
         self.ownership.record_channel(&channel, node);
-        part.leg = Leg::Dialing { channel: channel.clone() };
+        part.leg = Leg::Dialing {
+            channel: channel.clone(),
+        };
         let query = q(&[
             ("endpoint", &endpoint),
             ("app", TRUNK_APP),
@@ -422,7 +564,11 @@ impl Conferences {
             ("timeout", &LEG_RING_SECS.to_string()),
         ]);
         debug!(bridge = %id, from = node, to = %home, %endpoint, leg = %channel, "dialling trunk leg");
-        if let Err(e) = origin.client.call(Method::POST, "/channels", &query, None).await {
+        if let Err(e) = origin
+            .client
+            .call(Method::POST, "/channels", &query, None)
+            .await
+        {
             warn!(bridge = %id, from = node, to = %home, error = %e, "trunk leg could not be placed");
             self.roles.lock().remove(&channel);
             self.ownership.forget_channel(&channel);
@@ -440,7 +586,9 @@ impl Conferences {
         tokio::spawn(async move {
             tokio::time::sleep(delay + jitter).await;
             let Some(me) = me.upgrade() else { return };
-            let Some(shared) = me.existing(&id) else { return };
+            let Some(shared) = me.existing(&id) else {
+                return;
+            };
             let mut conf = shared.lock().await;
             if !conf.gone && conf.home != node {
                 me.link(&mut conf, &node).await;
@@ -452,16 +600,23 @@ impl Conferences {
     /// order the nodes sent their events.
     pub async fn handle(&self, note: Note) {
         match note {
-            Note::LegStarted { node, channel, args } => self.leg_started(&node, &channel, &args).await,
+            Note::LegStarted {
+                node,
+                channel,
+                args,
+            } => self.leg_started(&node, &channel, &args).await,
             Note::ChannelGone { channel } => self.channel_gone(&channel).await,
             Note::LeftBridge { channel, bridge } => {
-                let member_here =
-                    matches!(self.roles.lock().get(&channel), Some(Role::Member { bridge: b, .. }) if *b == bridge);
+                let member_here = matches!(self.roles.lock().get(&channel), Some(Role::Member { bridge: b, .. }) if *b == bridge);
                 if member_here {
                     self.channel_gone(&channel).await;
                 }
             }
-            Note::BridgeDestroyed { node, bridge, created } => self.bridge_destroyed(&bridge, &node, &created).await,
+            Note::BridgeDestroyed {
+                node,
+                bridge,
+                created,
+            } => self.bridge_destroyed(&bridge, &node, &created).await,
             Note::NodeDown { node } => self.node_down(&node).await,
         }
     }
@@ -470,9 +625,15 @@ impl Conferences {
     pub async fn leg_started(&self, node: &str, channel: &str, args: &[String]) {
         let role = self.roles.lock().get(channel).cloned();
         match role {
-            Some(Role::LegOut { bridge, node: part_node }) => self.leg_answered(&bridge, &part_node, channel).await,
+            Some(Role::LegOut {
+                bridge,
+                node: part_node,
+            }) => self.leg_answered(&bridge, &part_node, channel).await,
             _ => {
-                let id = args.last().map(|a| a.trim_start_matches(TRUNK_EXTEN_PREFIX).to_string()).unwrap_or_default();
+                let id = args
+                    .last()
+                    .map(|a| a.trim_start_matches(TRUNK_EXTEN_PREFIX).to_string())
+                    .unwrap_or_default();
                 self.leg_arrived(&id, node, channel).await
             }
         }
@@ -484,19 +645,37 @@ impl Conferences {
             return self.hang_up(node, channel).await;
         };
         let mut conf = shared.lock().await;
-        let Some(part) = conf.parts.get_mut(node).filter(|p| p.leg.channel() == Some(channel)) else {
+        let Some(part) = conf
+            .parts
+            .get_mut(node)
+            .filter(|p| p.leg.channel() == Some(channel))
+        else {
             drop(conf);
             return self.hang_up(node, channel).await;
         };
         let Ok(n) = self.node(node) else { return };
-        let added =
-            n.client.call(Method::POST, &format!("/bridges/{id}/addChannel"), &q(&[("channel", channel)]), None).await;
+        let added = n
+            .client
+            .call(
+                Method::POST,
+                &format!("/bridges/{id}/addChannel"),
+                &q(&[("channel", channel)]),
+                None,
+            )
+            .await;
         match added {
             Ok(_) => {
                 info!(bridge = id, node, leg = channel, "trunk leg up");
-                part.leg = Leg::Up { channel: channel.to_string() };
+                part.leg = Leg::Up {
+                    channel: channel.to_string(),
+                };
                 part.attempts = 0;
-                if part.moh && n.client.call(Method::DELETE, &format!("/bridges/{id}/moh"), &[], None).await.is_ok() {
+                if part.moh
+                    && n.client
+                        .call(Method::DELETE, &format!("/bridges/{id}/moh"), &[], None)
+                        .await
+                        .is_ok()
+                {
                     part.moh = false;
                 }
             }
@@ -515,7 +694,12 @@ impl Conferences {
         let mut conf = match &shared {
             Some(shared) => shared.lock().await,
             None => {
-                warn!(bridge = id, node, leg = channel, "trunk leg for an unknown conference: hanging up");
+                warn!(
+                    bridge = id,
+                    node,
+                    leg = channel,
+                    "trunk leg for an unknown conference: hanging up"
+                );
                 return self.hang_up(node, channel).await;
             }
         };
@@ -523,17 +707,41 @@ impl Conferences {
             drop(conf);
             return self.hang_up(node, channel).await;
         }
-        self.roles.lock().insert(channel.to_string(), Role::LegIn { bridge: id.to_string(), node: node.to_string() });
+        self.roles.lock().insert(
+            channel.to_string(),
+            Role::LegIn {
+                bridge: id.to_string(),
+                node: node.to_string(),
+            },
+        );
         let Ok(n) = self.node(node) else { return };
         let joined = async {
             self.ensure_part(&mut conf, node).await?;
-            n.client.call(Method::POST, &format!("/channels/{channel}/answer"), &[], None).await?;
-            n.client.call(Method::POST, &format!("/bridges/{id}/addChannel"), &q(&[("channel", channel)]), None).await
+            n.client
+                .call(
+                    Method::POST,
+                    &format!("/channels/{channel}/answer"),
+                    &[],
+                    None,
+                )
+                .await?;
+            n.client
+                .call(
+                    Method::POST,
+                    &format!("/bridges/{id}/addChannel"),
+                    &q(&[("channel", channel)]),
+                    None,
+                )
+                .await
         }
         .await;
         match joined {
             Ok(_) => {
-                conf.parts.get_mut(node).expect("home part").inbound_legs.insert(channel.to_string());
+                conf.parts
+                    .get_mut(node)
+                    .expect("home part")
+                    .inbound_legs
+                    .insert(channel.to_string());
             }
             Err(e) => {
                 warn!(bridge = id, node, leg = channel, error = %e, "cannot take the trunk leg into the home bridge");
@@ -546,14 +754,22 @@ impl Conferences {
 
     /// A channel the conferences know ended or left its bridge.
     pub async fn channel_gone(&self, channel: &str) {
-        let Some(role) = self.roles.lock().remove(channel) else { return };
+        let Some(role) = self.roles.lock().remove(channel) else {
+            return;
+        };
         match role {
             Role::Member { bridge, node } => self.member_left(&bridge, &node, channel).await,
             Role::LegOut { bridge, node } => {
-                let Some(shared) = self.existing(&bridge) else { return };
+                let Some(shared) = self.existing(&bridge) else {
+                    return;
+                };
                 let mut conf = shared.lock().await;
                 let gone = conf.gone;
-                let Some(part) = conf.parts.get_mut(&node).filter(|p| p.leg.channel() == Some(channel)) else {
+                let Some(part) = conf
+                    .parts
+                    .get_mut(&node)
+                    .filter(|p| p.leg.channel() == Some(channel))
+                else {
                     return;
                 };
                 let was_up = matches!(part.leg, Leg::Up { .. });
@@ -575,27 +791,29 @@ impl Conferences {
                 }
             }
             Role::LegIn { bridge, node } => {
-                let Some(shared) = self.existing(&bridge) else { return };
+                let Some(shared) = self.existing(&bridge) else {
+                    return;
+                };
                 let mut conf = shared.lock().await;
                 if let Some(part) = conf.parts.get_mut(&node) {
                     part.inbound_legs.remove(channel);
                 }
                 self.teardown_home_if_idle(&mut conf).await;
-                let gone = conf.gone;
-                drop(conf);
-                if gone {
-                    self.bridges.lock().remove(&bridge);
-                }
             }
         }
     }
 
     async fn link_music_only(&self, conf: &mut Conference, node: &str) {
         let id = conf.id.clone();
-        let Some(part) = conf.parts.get_mut(node) else { return };
+        let Some(part) = conf.parts.get_mut(node) else {
+            return;
+        };
         if !part.moh
             && let Ok(n) = self.node(node)
-            && n.client.call(Method::POST, &format!("/bridges/{id}/moh"), &[], None).await.is_ok()
+            && n.client
+                .call(Method::POST, &format!("/bridges/{id}/moh"), &[], None)
+                .await
+                .is_ok()
         {
             part.moh = true;
         }
@@ -603,9 +821,13 @@ impl Conferences {
 
     /// A participant left: tear down what is no longer needed.
     async fn member_left(&self, id: &str, node: &str, channel: &str) {
-        let Some(shared) = self.existing(id) else { return };
+        let Some(shared) = self.existing(id) else {
+            return;
+        };
         let mut conf = shared.lock().await;
-        let Some(part) = conf.parts.get_mut(node) else { return };
+        let Some(part) = conf.parts.get_mut(node) else {
+            return;
+        };
         part.members.remove(channel);
         if part.members.is_empty() && node != conf.home {
             // Only the trunk leg is left in this part: hang it up and delete the bridge.
@@ -615,22 +837,35 @@ impl Conferences {
             }
         }
         self.teardown_home_if_idle(&mut conf).await;
-        let gone = conf.gone;
-        drop(conf);
-        if gone {
-            self.bridges.lock().remove(id);
+    }
+
+    /// Marks a conference finished and forgets its id at once, before any request about its
+    /// bridges goes out: the node's BridgeDestroyed for it must find the id free, and a new
+    /// get-or-create of the same id must start a new conference. Called with the
+    /// conference's lock held, so the map entry is this conference.
+    fn retire(&self, conf: &mut Conference) {
+        if !conf.gone {
+            conf.gone = true;
+            self.bridges.lock().remove(&conf.id);
+            self.retired(&conf.id);
         }
     }
 
     /// Deletes the home bridge once nobody is in the conference any more.
     async fn teardown_home_if_idle(&self, conf: &mut Conference) {
         let home = conf.home.clone();
-        let idle = conf.parts.iter().all(|(node, part)| node == &home && part.members.is_empty())
-            && conf.parts.get(&home).is_none_or(|p| p.inbound_legs.is_empty());
+        let idle = conf
+            .parts
+            .iter()
+            .all(|(node, part)| node == &home && part.members.is_empty())
+            && conf
+                .parts
+                .get(&home)
+                .is_none_or(|p| p.inbound_legs.is_empty());
         if !idle || conf.gone {
             return;
         }
-        conf.gone = true;
+        self.retire(conf);
         if let Some(part) = conf.parts.remove(&home) {
             let _ = self.drop_part(&conf.id, &home, part).await;
         }
@@ -639,7 +874,13 @@ impl Conferences {
 
     /// Hangs up a part's legs and deletes its local bridge.
     async fn drop_part(&self, id: &str, node: &str, part: Part) -> Result<(), AriError> {
-        let legs: Vec<String> = part.leg.channel().map(str::to_string).into_iter().chain(part.inbound_legs).collect();
+        let legs: Vec<String> = part
+            .leg
+            .channel()
+            .map(str::to_string)
+            .into_iter()
+            .chain(part.inbound_legs)
+            .collect();
         {
             let mut roles = self.roles.lock();
             for channel in part.members.iter().chain(legs.iter()) {
@@ -650,7 +891,11 @@ impl Conferences {
             self.hang_up(node, leg).await;
         }
         let n = self.node(node)?;
-        match n.client.call(Method::DELETE, &format!("/bridges/{id}"), &[], None).await {
+        match n
+            .client
+            .call(Method::DELETE, &format!("/bridges/{id}"), &[], None)
+            .await
+        {
             Ok(_) | Err(AriError::NotFound(_)) => Ok(()),
             Err(e) => Err(e),
         }
@@ -659,19 +904,25 @@ impl Conferences {
     async fn hang_up(&self, node: &str, channel: &str) {
         self.roles.lock().remove(channel);
         if let Ok(n) = self.node(node) {
-            let _ = n.client.call(Method::DELETE, &format!("/channels/{channel}"), &[], None).await;
+            let _ = n
+                .client
+                .call(Method::DELETE, &format!("/channels/{channel}"), &[], None)
+                .await;
         }
     }
 
     /// A node's bridge went away on its own (deleted by someone else, or the node restarted).
     pub async fn bridge_destroyed(&self, id: &str, node: &str, created: &str) {
-        let Some(shared) = self.existing(id) else { return };
+        let Some(shared) = self.existing(id) else {
+            return;
+        };
         let mut conf = shared.lock().await;
-        let same_bridge = conf.parts.get(node).is_some_and(|p| created.is_empty() || p.created.is_empty() || p.created == created);
+        let same_bridge = conf
+            .parts
+            .get(node)
+            .is_some_and(|p| created.is_empty() || p.created.is_empty() || p.created == created);
         if same_bridge && conf.parts.remove(node).is_some() && conf.parts.is_empty() {
-            conf.gone = true;
-            drop(conf);
-            self.bridges.lock().remove(id);
+            self.retire(&mut conf);
         }
     }
 
@@ -681,10 +932,17 @@ impl Conferences {
         let all: Vec<Shared> = self.bridges.lock().values().cloned().collect();
         for shared in all {
             let mut conf = shared.lock().await;
-            let Some(lost) = conf.parts.remove(node) else { continue };
+            let Some(lost) = conf.parts.remove(node) else {
+                continue;
+            };
             {
                 let mut roles = self.roles.lock();
-                for channel in lost.members.iter().chain(lost.inbound_legs.iter()).chain(lost.leg.channel().map(String::from).iter()) {
+                for channel in lost
+                    .members
+                    .iter()
+                    .chain(lost.inbound_legs.iter())
+                    .chain(lost.leg.channel().map(String::from).iter())
+                {
                     roles.remove(channel);
                 }
             }
@@ -699,10 +957,7 @@ impl Conferences {
                 .max_by_key(|(_, p)| p.members.len())
                 .map(|(n, _)| n.clone())
             else {
-                conf.gone = true;
-                let id = conf.id.clone();
-                drop(conf);
-                self.bridges.lock().remove(&id);
+                self.retire(&mut conf);
                 continue;
             };
             warn!(bridge = %conf.id, old = node, new = %new_home, "home node lost: conference re-homed");
@@ -721,7 +976,10 @@ impl Conferences {
                     if let Some(part) = conf.parts.get_mut(&part_node)
                         && part.moh
                         && let Ok(n) = self.node(&part_node)
-                        && n.client.call(Method::DELETE, &format!("/bridges/{id}/moh"), &[], None).await.is_ok()
+                        && n.client
+                            .call(Method::DELETE, &format!("/bridges/{id}/moh"), &[], None)
+                            .await
+                            .is_ok()
                     {
                         part.moh = false;
                     }
@@ -734,7 +992,12 @@ impl Conferences {
 
     /// (conferences, legs) for tests and metrics.
     pub fn sizes(&self) -> (usize, usize) {
-        let legs = self.roles.lock().values().filter(|r| !matches!(r, Role::Member { .. })).count();
+        let legs = self
+            .roles
+            .lock()
+            .values()
+            .filter(|r| !matches!(r, Role::Member { .. }))
+            .count();
         (self.bridges.lock().len(), legs)
     }
 }
@@ -745,18 +1008,37 @@ mod tests {
     use crate::config::Config;
 
     fn conferences() -> Arc<Conferences> {
-        let config = Config::from_toml("[nodes.a]\nari_url = \"http://127.0.0.1:1\"\nusername = \"u\"\npassword = \"p\"\n")
-            .unwrap();
-        Conferences::new(Arc::new(Cluster::from_config(&config)), Arc::new(Ownership::new()))
+        let config = Config::from_toml(
+            "[nodes.a]\nari_url = \"http://127.0.0.1:1\"\nusername = \"u\"\npassword = \"p\"\n",
+        )
+        .unwrap();
+        Conferences::new(
+            Arc::new(Cluster::from_config(&config)),
+            Arc::new(Ownership::new()),
+        )
     }
 
     #[test]
     fn legs_are_hidden_from_bridge_events() {
         let c = conferences();
-        c.roles.lock().insert("trunk-1".into(), Role::LegOut { bridge: "conf".into(), node: "a".into() });
-        c.roles.lock().insert("alice".into(), Role::Member { bridge: "conf".into(), node: "a".into() });
+        c.roles.lock().insert(
+            "trunk-1".into(),
+            Role::LegOut {
+                bridge: "conf".into(),
+                node: "a".into(),
+            },
+        );
+        c.roles.lock().insert(
+            "alice".into(),
+            Role::Member {
+                bridge: "conf".into(),
+                node: "a".into(),
+            },
+        );
         let json = r#"{"type":"ChannelEnteredBridge","bridge":{"id":"conf","channels":["alice","trunk-1"]},"channel":{"id":"alice"}}"#;
-        let hidden = c.hide_legs(json, &["alice".into(), "trunk-1".into()]).expect("rewritten");
+        let hidden = c
+            .hide_legs(json, &["alice".into(), "trunk-1".into()])
+            .expect("rewritten");
         let value: serde_json::Value = serde_json::from_str(&hidden).unwrap();
         assert_eq!(value["bridge"]["channels"], serde_json::json!(["alice"]));
         assert_eq!(value["channel"]["id"], "alice");
@@ -769,7 +1051,10 @@ mod tests {
     fn conference_ids_must_fit_in_a_sip_uri() {
         assert!(check_id("conf-1_a.b").is_ok());
         for bad in ["", "a b", "x@y", "a/b", &"x".repeat(65)] {
-            assert!(matches!(check_id(bad), Err(AriError::Invalid(_))), "{bad:?}");
+            assert!(
+                matches!(check_id(bad), Err(AriError::Invalid(_))),
+                "{bad:?}"
+            );
         }
     }
 

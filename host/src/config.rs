@@ -24,7 +24,10 @@ pub enum ConfigError {
 }
 
 fn invalid(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { field: field.into(), reason: reason.into() }
+    ConfigError::Invalid {
+        field: field.into(),
+        reason: reason.into(),
+    }
 }
 
 /// How the host hears a node's events.
@@ -109,7 +112,12 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { request_timeout_ms: 5000, connect_timeout_ms: 2000, node_grace_ms: 5000, max_reconnect_ms: 10_000 }
+        Limits {
+            request_timeout_ms: 5000,
+            connect_timeout_ms: 2000,
+            node_grace_ms: 5000,
+            max_reconnect_ms: 10_000,
+        }
     }
 }
 
@@ -138,6 +146,19 @@ pub struct Listen {
     /// admin address is loopback; set it from the environment (`STASIS_LISTEN__ADMIN_TOKEN`).
     #[serde(default)]
     pub admin_token: Option<String>,
+    /// The ARI facade (`/ari/*`, `/ari/events`, `/ari/api-docs`): existing ARI clients see the
+    /// whole cluster as one Asterisk here. None: not served. Credentials in `[facade]`.
+    #[serde(default)]
+    pub facade: Option<SocketAddr>,
+}
+
+/// Credentials ARI clients use on the facade (basic auth or `api_key=user:pass`), distinct
+/// from the nodes' own.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Facade {
+    pub username: String,
+    pub password: String,
 }
 
 /// Where uploaded apps are kept, and how large an upload may be.
@@ -153,7 +174,10 @@ pub struct Store {
 
 impl Default for Store {
     fn default() -> Self {
-        Store { data_dir: None, max_upload_bytes: 64 << 20 }
+        Store {
+            data_dir: None,
+            max_upload_bytes: 64 << 20,
+        }
     }
 }
 
@@ -170,12 +194,16 @@ pub struct Config {
     pub listen: Listen,
     #[serde(default)]
     pub store: Store,
+    #[serde(default)]
+    pub facade: Facade,
 }
 
 impl Config {
     /// Reads `path`, applies `STASIS_*` environment overrides, validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        Self::from_figment(Figment::from(Toml::file_exact(path)).merge(Env::prefixed("STASIS_").split("__")))
+        Self::from_figment(
+            Figment::from(Toml::file_exact(path)).merge(Env::prefixed("STASIS_").split("__")),
+        )
     }
 
     /// Parses a TOML document (no environment), validates. For tests and embedded configs.
@@ -192,28 +220,44 @@ impl Config {
     /// Checks what serde cannot: names, URLs, templates, ranges.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.nodes.is_empty() {
-            return Err(invalid("nodes", "at least one node is required ([nodes.NAME] with ari_url, username, password)"));
+            return Err(invalid(
+                "nodes",
+                "at least one node is required ([nodes.NAME] with ari_url, username, password)",
+            ));
         }
         for (name, node) in &self.nodes {
             let field = |f: &str| format!("nodes.{name}.{f}");
             if !valid_name(name) {
-                return Err(invalid(format!("nodes.{name}"), "node names use letters, digits, '-' and '_'"));
+                return Err(invalid(
+                    format!("nodes.{name}"),
+                    "node names use letters, digits, '-' and '_'",
+                ));
             }
-            let url = reqwest::Url::parse(&node.ari_url).map_err(|e| invalid(field("ari_url"), e.to_string()))?;
+            let url = reqwest::Url::parse(&node.ari_url)
+                .map_err(|e| invalid(field("ari_url"), e.to_string()))?;
             if !matches!(url.scheme(), "http" | "https") || url.host().is_none() {
-                return Err(invalid(field("ari_url"), "must be an http:// or https:// URL with a host"));
+                return Err(invalid(
+                    field("ari_url"),
+                    "must be an http:// or https:// URL with a host",
+                ));
             }
             if node.username.is_empty() {
                 return Err(invalid(field("username"), "must not be empty"));
             }
             if !node.trunk.contains("{exten}") {
-                return Err(invalid(field("trunk"), "must contain {exten}, e.g. PJSIP/{exten}@trunk-{node}"));
+                return Err(invalid(
+                    field("trunk"),
+                    "must contain {exten}, e.g. PJSIP/{exten}@trunk-{node}",
+                ));
             }
         }
         for (name, app) in &self.apps {
             let field = |f: &str| format!("apps.{name}.{f}");
             if !valid_name(name) {
-                return Err(invalid(format!("apps.{name}"), "app names use letters, digits, '-' and '_'"));
+                return Err(invalid(
+                    format!("apps.{name}"),
+                    "app names use letters, digits, '-' and '_'",
+                ));
             }
             if app.max_live_calls == 0 {
                 return Err(invalid(field("max_live_calls"), "must be at least 1"));
@@ -236,7 +280,17 @@ impl Config {
         {
             return Err(invalid(
                 "listen.admin_token",
-                format!("the admin API on the non-loopback address {admin} requires a token (set STASIS_LISTEN__ADMIN_TOKEN)"),
+                format!(
+                    "the admin API on the non-loopback address {admin} requires a token (set STASIS_LISTEN__ADMIN_TOKEN)"
+                ),
+            ));
+        }
+        if self.listen.facade.is_some()
+            && (self.facade.username.is_empty() || self.facade.password.is_empty())
+        {
+            return Err(invalid(
+                "facade.username",
+                "the ARI facade (listen.facade) requires facade.username and facade.password (STASIS_FACADE__PASSWORD)",
             ));
         }
         if self.store.max_upload_bytes == 0 {
@@ -250,12 +304,19 @@ impl NodeConfig {
     /// The ARI base URL, always ending in `/ari` without a trailing slash.
     pub fn ari_base(&self) -> String {
         let trimmed = self.ari_url.trim_end_matches('/');
-        if trimmed.ends_with("/ari") { trimmed.to_string() } else { format!("{trimmed}/ari") }
+        if trimmed.ends_with("/ari") {
+            trimmed.to_string()
+        } else {
+            format!("{trimmed}/ari")
+        }
     }
 }
 
 fn valid_name(name: &str) -> bool {
-    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
 #[cfg(test)]
@@ -328,10 +389,17 @@ mod tests {
         let open = format!("{GOOD}\n[listen]\nadmin = \"0.0.0.0:8090\"\n");
         assert!(err(&open).contains("listen.admin_token"), "{}", err(&open));
         let empty = format!("{GOOD}\n[listen]\nadmin = \"0.0.0.0:8090\"\nadmin_token = \"\"\n");
-        assert!(err(&empty).contains("listen.admin_token"), "{}", err(&empty));
-        let with_token = format!("{GOOD}\n[listen]\nadmin = \"0.0.0.0:8090\"\nadmin_token = \"s3cret\"\n");
+        assert!(
+            err(&empty).contains("listen.admin_token"),
+            "{}",
+            err(&empty)
+        );
+        let with_token =
+            format!("{GOOD}\n[listen]\nadmin = \"0.0.0.0:8090\"\nadmin_token = \"s3cret\"\n");
         assert!(Config::from_toml(&with_token).is_ok());
-        let local = format!("{GOOD}\n[listen]\nadmin = \"127.0.0.1:8090\"\n[store]\ndata_dir = \"/tmp/x\"\n");
+        let local = format!(
+            "{GOOD}\n[listen]\nadmin = \"127.0.0.1:8090\"\n[store]\ndata_dir = \"/tmp/x\"\n"
+        );
         let c = Config::from_toml(&local).unwrap();
         assert_eq!(c.store.max_upload_bytes, 64 << 20);
         assert_eq!(c.store.data_dir.as_deref(), Some(Path::new("/tmp/x")));
@@ -350,6 +418,11 @@ mod tests {
             assert_eq!(c.nodes["b"].password, "secret");
             Ok(())
         });
-        assert!(Config::load(&dir.join("missing.toml")).unwrap_err().to_string().contains("missing.toml"));
+        assert!(
+            Config::load(&dir.join("missing.toml"))
+                .unwrap_err()
+                .to_string()
+                .contains("missing.toml")
+        );
     }
 }

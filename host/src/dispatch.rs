@@ -20,14 +20,14 @@ use tracing::{debug, info, trace, warn};
 
 use crate::backend::{AriBackend, Operation, Origin};
 use crate::catalog::Catalog;
-use crate::conference::{Conferences, Note, TRUNK_APP};
 use crate::cluster::{Cluster, Node};
+use crate::conference::{Conferences, Note, TRUNK_APP};
 use crate::event::{self, Event, Kind};
 use crate::ingress::Intake;
 use crate::ownership::Ownership;
 use crate::runtime::{
-    App, CallContext, CallEvent, CallHandle, CallerId, ChannelSnapshot, ChannelState, NodeEvent, NodeStatus,
-    PlaybackInfo, PlaybackState, StartError,
+    App, CallContext, CallEvent, CallHandle, CallerId, ChannelSnapshot, ChannelState, NodeEvent,
+    NodeStatus, PlaybackInfo, PlaybackState, StartError,
 };
 
 /// A call in progress.
@@ -40,10 +40,18 @@ struct LiveCall {
 
 /// Messages dispatch sends itself from timers and background lookups.
 enum Internal {
-    GraceExpired { node: String },
-    Reconciled { node: String, alive: HashSet<String> },
+    GraceExpired {
+        node: String,
+    },
+    Reconciled {
+        node: String,
+        alive: HashSet<String>,
+    },
     /// From [`DispatchControl::hang_up_app`]: hang up every live call of the app.
-    HangUpApp { app: String, done: tokio::sync::oneshot::Sender<usize> },
+    HangUpApp {
+        app: String,
+        done: tokio::sync::oneshot::Sender<usize>,
+    },
 }
 
 /// Requests to the running dispatcher from outside the event path (the admin API). Dispatch
@@ -56,7 +64,14 @@ impl DispatchControl {
     /// with the usual StasisEnd. Returns how many calls were told; 0 if dispatch stopped.
     pub async fn hang_up_app(&self, name: &str) -> usize {
         let (done, rx) = tokio::sync::oneshot::channel();
-        if self.0.send(Internal::HangUpApp { app: name.to_string(), done }).is_err() {
+        if self
+            .0
+            .send(Internal::HangUpApp {
+                app: name.to_string(),
+                done,
+            })
+            .is_err()
+        {
             return 0;
         }
         rx.await.unwrap_or(0)
@@ -75,6 +90,8 @@ pub struct Dispatch {
     calls: HashMap<String, LiveCall>,
     internal_tx: mpsc::UnboundedSender<Internal>,
     internal_rx: mpsc::UnboundedReceiver<Internal>,
+    /// Apps held by ARI facade clients: their events go there, never to a wasm app.
+    external: Option<Arc<crate::facade::events::ExternalApps>>,
 }
 
 impl Dispatch {
@@ -99,7 +116,15 @@ impl Dispatch {
             calls: HashMap::new(),
             internal_tx,
             internal_rx,
+            external: None,
         }
+    }
+
+    /// Hands the events of apps held by ARI facade clients to `external` (unchanged JSON),
+    /// instead of treating them as calls for unknown apps.
+    pub fn with_external(mut self, external: Arc<crate::facade::events::ExternalApps>) -> Dispatch {
+        self.external = Some(external);
+        self
     }
 
     /// A handle to send requests to this dispatcher once it runs.
@@ -140,6 +165,13 @@ impl Dispatch {
         // Keep the index current first, so an app's request made while handling this very
         // event already routes right.
         self.track_ownership(node, &event);
+        if self
+            .external
+            .as_ref()
+            .is_some_and(|external| external.deliver(&event))
+        {
+            return;
+        }
         self.note_conferences(node, &event);
         if event.application == TRUNK_APP {
             return; // trunk legs are the host's own, never an app's
@@ -162,25 +194,43 @@ impl Dispatch {
                     }
                 }
             }
-            Kind::ChannelDtmfReceived { channel, digit, duration_ms } => {
+            Kind::ChannelDtmfReceived {
+                channel,
+                digit,
+                duration_ms,
+            } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    let dtmf = CallEvent::Dtmf { digit: digit.clone(), duration_ms: *duration_ms };
+                    let dtmf = CallEvent::Dtmf {
+                        digit: digit.clone(),
+                        duration_ms: *duration_ms,
+                    };
                     call.handle.deliver(dtmf, Some(snapshot(channel)));
                 }
             }
             Kind::PlaybackFinished { playback } => {
-                let owner = self.ownership.take_playback(&playback.id).map(|o| o.channel).or_else(|| {
-                    playback.target_uri.strip_prefix("channel:").map(str::to_string)
-                });
+                let owner = self
+                    .ownership
+                    .take_playback(&playback.id)
+                    .map(|o| o.channel)
+                    .or_else(|| {
+                        playback
+                            .target_uri
+                            .strip_prefix("channel:")
+                            .map(str::to_string)
+                    });
                 if let Some(call) = owner.and_then(|c| self.calls.get(&c)) {
-                    call.handle.deliver(CallEvent::PlaybackFinished(playback_info(playback)), None);
+                    call.handle
+                        .deliver(CallEvent::PlaybackFinished(playback_info(playback)), None);
                 }
             }
             Kind::ChannelEnteredBridge { bridge, channel } => {
                 if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
                     // The call joined this bridge: its app may act on it.
                     call.app.grant_bridge(&bridge.id);
-                    call.handle.deliver(bridge_event(&event, bridge, &self.conferences), channel.as_ref().map(snapshot));
+                    call.handle.deliver(
+                        bridge_event(&event, bridge, &self.conferences),
+                        channel.as_ref().map(snapshot),
+                    );
                 }
             }
             // A conference made again under the same id (a late event for a bridge the host
@@ -211,7 +261,10 @@ impl Dispatch {
             }
             Kind::ChannelLeftBridge { channel, bridge } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    call.handle.deliver(bridge_event(&event, bridge, &self.conferences), Some(snapshot(channel)));
+                    call.handle.deliver(
+                        bridge_event(&event, bridge, &self.conferences),
+                        Some(snapshot(channel)),
+                    );
                 }
             }
             Kind::Other { channel } => {
@@ -226,15 +279,26 @@ impl Dispatch {
     fn note_conferences(&self, node: &Node, event: &Event) {
         let note = match &event.kind {
             Kind::StasisStart { channel, args } if event.application == TRUNK_APP => {
-                Some(Note::LegStarted { node: node.name.clone(), channel: channel.id.clone(), args: args.clone() })
+                Some(Note::LegStarted {
+                    node: node.name.clone(),
+                    channel: channel.id.clone(),
+                    args: args.clone(),
+                })
             }
             Kind::StasisEnd { channel } | Kind::ChannelDestroyed { channel }
                 if self.conferences.involves(&channel.id) =>
             {
-                Some(Note::ChannelGone { channel: channel.id.clone() })
+                Some(Note::ChannelGone {
+                    channel: channel.id.clone(),
+                })
             }
-            Kind::ChannelLeftBridge { channel, bridge } if self.conferences.involves(&channel.id) => {
-                Some(Note::LeftBridge { channel: channel.id.clone(), bridge: bridge.id.clone() })
+            Kind::ChannelLeftBridge { channel, bridge }
+                if self.conferences.involves(&channel.id) =>
+            {
+                Some(Note::LeftBridge {
+                    channel: channel.id.clone(),
+                    bridge: bridge.id.clone(),
+                })
             }
             Kind::BridgeDestroyed { bridge } => Some(Note::BridgeDestroyed {
                 node: node.name.clone(),
@@ -263,23 +327,36 @@ impl Dispatch {
         }
     }
 
-    fn start(&mut self, node: &Arc<Node>, event: &Event, channel: &event::Channel, args: &[String]) {
+    fn start(
+        &mut self,
+        node: &Arc<Node>,
+        event: &Event,
+        channel: &event::Channel,
+        args: &[String],
+    ) {
         if self.calls.contains_key(&channel.id) {
             debug!(channel = %channel.id, "duplicate StasisStart ignored");
             return;
         }
-        let asterisk_id = node.asterisk_id().unwrap_or_else(|| event.asterisk_id.clone());
+        let asterisk_id = node
+            .asterisk_id()
+            .unwrap_or_else(|| event.asterisk_id.clone());
         let Some(app) = self.catalog.get(&event.application) else {
             // The app was removed while the node still routed a call to it: let the dialplan
             // carry on rather than leave the caller in silence.
             warn!(node = %node.name, app = %event.application, channel = %channel.id,
                 "call for an app that is not loaded: continuing it in the dialplan");
-            self.send_for(&event.application, &asterisk_id, &channel.id, Operation::Continue {
-                channel: channel.id.clone(),
-                context: None,
-                exten: None,
-                priority: None,
-            });
+            self.send_for(
+                &event.application,
+                &asterisk_id,
+                &channel.id,
+                Operation::Continue {
+                    channel: channel.id.clone(),
+                    context: None,
+                    exten: None,
+                    priority: None,
+                },
+            );
             return;
         };
         let ctx = CallContext {
@@ -294,23 +371,41 @@ impl Dispatch {
                 if up {
                     handle.deliver(CallEvent::Up, None);
                 }
-                self.calls.insert(channel.id.clone(), LiveCall { app, handle, node: node.name.clone(), up });
+                self.calls.insert(
+                    channel.id.clone(),
+                    LiveCall {
+                        app,
+                        handle,
+                        node: node.name.clone(),
+                        up,
+                    },
+                );
             }
             Err(StartError::AtCapacity { .. }) => {
                 warn!(node = %node.name, app = %event.application, channel = %channel.id,
                     "app at its live-call cap: rejecting the call with congestion");
-                self.send_for(&event.application, &asterisk_id, &channel.id, Operation::Hangup {
-                    channel: channel.id.clone(),
-                    reason: Some("congestion".into()),
-                });
+                self.send_for(
+                    &event.application,
+                    &asterisk_id,
+                    &channel.id,
+                    Operation::Hangup {
+                        channel: channel.id.clone(),
+                        reason: Some("congestion".into()),
+                    },
+                );
             }
             Err(e) => {
                 warn!(node = %node.name, app = %event.application, channel = %channel.id, error = %e,
                     "cannot start the call: hanging up");
-                self.send_for(&event.application, &asterisk_id, &channel.id, Operation::Hangup {
-                    channel: channel.id.clone(),
-                    reason: None,
-                });
+                self.send_for(
+                    &event.application,
+                    &asterisk_id,
+                    &channel.id,
+                    Operation::Hangup {
+                        channel: channel.id.clone(),
+                        reason: None,
+                    },
+                );
             }
         }
     }
@@ -318,7 +413,11 @@ impl Dispatch {
     /// Sends an operation on the host's own behalf (not an app's), off the dispatch loop.
     fn send_for(&self, app: &str, node: &str, channel: &str, op: Operation) {
         let backend = self.backend.clone();
-        let origin = Origin { app: app.to_string(), node: node.to_string(), channel: channel.to_string() };
+        let origin = Origin {
+            app: app.to_string(),
+            node: node.to_string(),
+            channel: channel.to_string(),
+        };
         tokio::spawn(async move {
             if let Err(e) = backend.execute(&origin, op.clone()).await {
                 warn!(channel = %origin.channel, error = %e, ?op, "host operation failed");
@@ -327,7 +426,11 @@ impl Dispatch {
     }
 
     fn notify_node(&self, node: &Node, status: NodeStatus) {
-        let event = NodeEvent { node: node.asterisk_id().unwrap_or_default(), name: node.name.clone(), status };
+        let event = NodeEvent {
+            node: node.asterisk_id().unwrap_or_default(),
+            name: node.name.clone(),
+            status,
+        };
         for call in self.calls.values() {
             call.handle.deliver(CallEvent::Node(event.clone()), None);
         }
@@ -348,10 +451,16 @@ impl Dispatch {
                         .json()
                         .as_array()
                         .map(|channels| {
-                            channels.iter().filter_map(|c| c["id"].as_str().map(str::to_string)).collect()
+                            channels
+                                .iter()
+                                .filter_map(|c| c["id"].as_str().map(str::to_string))
+                                .collect()
                         })
                         .unwrap_or_default();
-                    let _ = tx.send(Internal::Reconciled { node: node.name.clone(), alive });
+                    let _ = tx.send(Internal::Reconciled {
+                        node: node.name.clone(),
+                        alive,
+                    });
                 }
                 Err(e) => warn!(node = %node.name, error = %e, "cannot list channels to reconcile"),
             }
@@ -364,7 +473,9 @@ impl Dispatch {
         // The node may come back empty (restart): forget where its channels were (they are
         // looked up again if still alive) and re-home the conferences it held.
         self.ownership.forget_node(&node.name);
-        let _ = self.notes.send(Note::NodeDown { node: node.name.clone() });
+        let _ = self.notes.send(Note::NodeDown {
+            node: node.name.clone(),
+        });
         let (name, tx, grace) = (node.name.clone(), self.internal_tx.clone(), self.grace);
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
@@ -378,7 +489,11 @@ impl Dispatch {
         }
         let ended = self.end_calls(node, |_| true);
         if ended > 0 {
-            warn!(node, calls = ended, "node stayed down past its grace period: its calls are ended");
+            warn!(
+                node,
+                calls = ended,
+                "node stayed down past its grace period: its calls are ended"
+            );
         }
         self.ownership.forget_node(node);
     }
@@ -386,7 +501,11 @@ impl Dispatch {
     fn on_reconciled(&mut self, node: &str, alive: &HashSet<String>) {
         let ended = self.end_calls(node, |channel| !alive.contains(channel));
         if ended > 0 {
-            info!(node, calls = ended, "reconciled: calls whose channels vanished are ended");
+            info!(
+                node,
+                calls = ended,
+                "reconciled: calls whose channels vanished are ended"
+            );
         }
     }
 
@@ -395,8 +514,20 @@ impl Dispatch {
     fn hang_up_app(&self, app: &str) -> usize {
         let mut n = 0;
         for (channel, call) in self.calls.iter().filter(|(_, c)| c.app.name() == app) {
-            let node = self.cluster.node(&call.node).and_then(|n| n.asterisk_id()).unwrap_or_default();
-            self.send_for(app, &node, channel, Operation::Hangup { channel: channel.clone(), reason: None });
+            let node = self
+                .cluster
+                .node(&call.node)
+                .and_then(|n| n.asterisk_id())
+                .unwrap_or_default();
+            self.send_for(
+                app,
+                &node,
+                channel,
+                Operation::Hangup {
+                    channel: channel.clone(),
+                    reason: None,
+                },
+            );
             n += 1;
         }
         info!(app, calls = n, "hanging up the app's calls");
@@ -405,8 +536,12 @@ impl Dispatch {
 
     /// Ends the calls on `node` whose channel matches; returns how many.
     fn end_calls(&mut self, node: &str, ends: impl Fn(&str) -> bool) -> usize {
-        let gone: Vec<String> =
-            self.calls.iter().filter(|(id, c)| c.node == node && ends(id)).map(|(id, _)| id.clone()).collect();
+        let gone: Vec<String> = self
+            .calls
+            .iter()
+            .filter(|(id, c)| c.node == node && ends(id))
+            .map(|(id, _)| id.clone())
+            .collect();
         for id in &gone {
             if let Some(call) = self.calls.remove(id) {
                 call.handle.deliver(CallEvent::End, None);
@@ -419,13 +554,19 @@ impl Dispatch {
 }
 
 fn other(event: &Event) -> CallEvent {
-    CallEvent::Other { kind: event.kind_name.clone(), json: event.raw.to_string() }
+    CallEvent::Other {
+        kind: event.kind_name.clone(),
+        json: event.raw.to_string(),
+    }
 }
 
 /// A bridge event for an app, with the trunk legs taken out of the bridge's channel list.
 fn bridge_event(event: &Event, bridge: &event::Bridge, conferences: &Conferences) -> CallEvent {
     match conferences.hide_legs(&event.raw, &bridge.channels) {
-        Some(json) => CallEvent::Other { kind: event.kind_name.clone(), json },
+        Some(json) => CallEvent::Other {
+            kind: event.kind_name.clone(),
+            json,
+        },
         None => other(event),
     }
 }
@@ -435,8 +576,14 @@ fn snapshot(channel: &event::Channel) -> ChannelSnapshot {
         id: channel.id.clone(),
         name: channel.name.clone(),
         state: ChannelState::from_ari(&channel.state),
-        caller: CallerId { name: channel.caller.name.clone(), number: channel.caller.number.clone() },
-        connected: CallerId { name: channel.connected.name.clone(), number: channel.connected.number.clone() },
+        caller: CallerId {
+            name: channel.caller.name.clone(),
+            number: channel.caller.number.clone(),
+        },
+        connected: CallerId {
+            name: channel.connected.name.clone(),
+            number: channel.connected.number.clone(),
+        },
         context: channel.dialplan.context.clone(),
         exten: channel.dialplan.exten.clone(),
     }
@@ -447,6 +594,10 @@ fn playback_info(playback: &event::Playback) -> PlaybackInfo {
         id: playback.id.clone(),
         media_uri: playback.media_uri.clone(),
         target_uri: playback.target_uri.clone(),
-        state: if playback.state == "failed" { PlaybackState::Failed } else { PlaybackState::Done },
+        state: if playback.state == "failed" {
+            PlaybackState::Failed
+        } else {
+            PlaybackState::Done
+        },
     }
 }

@@ -17,6 +17,7 @@ use crate::cluster::Cluster;
 use crate::conference::Conferences;
 use crate::config::{AppConfig, Config, OnFault};
 use crate::dispatch::{Dispatch, DispatchControl};
+use crate::facade::events::{ExternalApps, merged_names};
 use crate::ingress;
 use crate::ownership::Ownership;
 use crate::router::Router;
@@ -51,6 +52,8 @@ pub struct Gateway {
     pub runtime: Arc<Runtime>,
     /// Requests to dispatch from outside the event path (e.g. hang up an app's calls).
     pub dispatch: DispatchControl,
+    /// App names held by ARI facade clients, and their event fan-out (`facade/events.rs`).
+    pub external: Arc<ExternalApps>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -63,7 +66,18 @@ impl Gateway {
         let ownership = Arc::new(Ownership::new());
         let catalog = Arc::new(Catalog::new());
         let conferences = Conferences::new(cluster.clone(), ownership.clone());
-        let router = Arc::new(Router::new(cluster.clone(), ownership.clone(), conferences.clone()));
+        let retire_catalog = catalog.clone();
+        conferences.on_retire(Arc::new(move |bridge: &str| {
+            for app in retire_catalog.all() {
+                app.revoke_bridge(bridge);
+            }
+        }));
+        let router = Arc::new(Router::new(
+            cluster.clone(),
+            ownership.clone(),
+            conferences.clone(),
+        ));
+        let external = ExternalApps::new(catalog.clone(), cluster.clone());
         let (tx, rx) = mpsc::channel(INTAKE_QUEUE);
         let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
@@ -82,36 +96,68 @@ impl Gateway {
                 notes_conferences.handle(note).await;
             }
         }));
+        let dispatch = dispatch.with_external(external.clone());
         let control = dispatch.control();
         tasks.push(tokio::spawn(dispatch.run(rx)));
+        // One subscription set per node: the wasm apps' names and the facade clients'.
+        let (names, merge_task) = merged_names(catalog.watch_names(), external.watch_names());
+        tasks.push(merge_task);
         for node in cluster.nodes() {
             tasks.push(tokio::spawn(ingress::run_node(
                 node.clone(),
                 cluster.clone(),
-                catalog.watch_names(),
+                names.clone(),
                 tx.clone(),
                 config.limits.max_reconnect(),
             )));
         }
-        let gateway = Gateway { config, cluster, ownership, catalog, conferences, router, runtime, dispatch: control, tasks };
+        let gateway = Gateway {
+            config,
+            cluster,
+            ownership,
+            catalog,
+            conferences,
+            router,
+            runtime,
+            dispatch: control,
+            external,
+            tasks,
+        };
         for (name, app) in gateway.config.apps.clone() {
-            let wasm = tokio::fs::read(&app.wasm).await.map_err(|source| GatewayError::ReadApp {
-                app: name.clone(),
-                path: app.wasm.display().to_string(),
-                source,
-            })?;
+            let wasm =
+                tokio::fs::read(&app.wasm)
+                    .await
+                    .map_err(|source| GatewayError::ReadApp {
+                        app: name.clone(),
+                        path: app.wasm.display().to_string(),
+                        source,
+                    })?;
             gateway.load_app(&name, wasm, settings(&app)).await?;
         }
         Ok(gateway)
     }
 
     /// Compiles `wasm` off the event path, loads it and makes it serve new calls of `name`.
-    pub async fn load_app(&self, name: &str, wasm: Vec<u8>, settings: AppSettings) -> Result<Arc<App>, RuntimeError> {
+    pub async fn load_app(
+        &self,
+        name: &str,
+        wasm: Vec<u8>,
+        settings: AppSettings,
+    ) -> Result<Arc<App>, RuntimeError> {
         let started = std::time::Instant::now();
         let artifact = self.runtime.compile(wasm).await?;
-        let app = self.runtime.load(name, &artifact, settings, self.router.clone() as Arc<dyn AriBackend>)?;
+        let app = self.runtime.load(
+            name,
+            &artifact,
+            settings,
+            self.router.clone() as Arc<dyn AriBackend>,
+        )?;
         self.catalog.activate(name, app.clone());
-        info!(app = name, compile_ms = started.elapsed().as_millis() as u64, "app loaded");
+        info!(
+            app = name,
+            compile_ms = started.elapsed().as_millis() as u64,
+            "app loaded"
+        );
         Ok(app)
     }
 

@@ -121,13 +121,20 @@ async fn connect(node: &Node, cluster: &Cluster, apps: &[String]) -> Result<Sock
     }
     let info = node
         .client
-        .call(Method::GET, "/asterisk/info", &[("only".into(), "system".into())], None)
+        .call(
+            Method::GET,
+            "/asterisk/info",
+            &[("only".into(), "system".into())],
+            None,
+        )
         .await
         .map_err(|e| ConnectError::Identify(e.to_string()))?;
     let entity_id = info.json()["system"]["entity_id"]
         .as_str()
         .map(str::to_string)
-        .ok_or_else(|| ConnectError::Identify("GET /asterisk/info has no system.entity_id".into()))?;
+        .ok_or_else(|| {
+            ConnectError::Identify("GET /asterisk/info has no system.entity_id".into())
+        })?;
     cluster.claim(node, &entity_id)?;
     open_socket(node, apps).await
 }
@@ -136,9 +143,15 @@ async fn connect(node: &Node, cluster: &Cluster, apps: &[String]) -> Result<Sock
 /// ends up in logs).
 async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectError> {
     let base = node.client.base();
-    let ws_base = base.replacen("https://", "wss://", 1).replacen("http://", "ws://", 1);
+    let ws_base = base
+        .replacen("https://", "wss://", 1)
+        .replacen("http://", "ws://", 1);
     // The host's own trunk-leg app rides on the same socket as the apps.
-    let url = format!("{ws_base}/events?app={},{}", apps.join(","), crate::conference::TRUNK_APP);
+    let url = format!(
+        "{ws_base}/events?app={},{}",
+        apps.join(","),
+        crate::conference::TRUNK_APP
+    );
     let mut request = url.into_client_request()?;
     let credentials = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
@@ -146,7 +159,9 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
     );
     request.headers_mut().insert(
         "Authorization",
-        format!("Basic {credentials}").parse().expect("base64 is a valid header value"),
+        format!("Basic {credentials}")
+            .parse()
+            .expect("base64 is a valid header value"),
     );
     let (socket, _) = tokio_tungstenite::connect_async(request).await?;
     Ok(socket)
@@ -219,12 +234,19 @@ async fn pump(
 
 /// Forwards what the old socket still had buffered, then closes it.
 async fn drain_then_close(node: &Arc<Node>, old: &mut Socket, tx: &mpsc::Sender<Intake>) {
-    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_millis(50), old.next()).await {
+    while let Ok(Some(Ok(message))) =
+        tokio::time::timeout(Duration::from_millis(50), old.next()).await
+    {
         if let Message::Text(text) = message
             && let Ok(event) = Event::parse(text.as_str())
             && !matches!(event.kind, crate::event::Kind::ApplicationReplaced)
         {
-            let _ = tx.send(Intake::Event { node: node.clone(), event }).await;
+            let _ = tx
+                .send(Intake::Event {
+                    node: node.clone(),
+                    event,
+                })
+                .await;
         }
     }
     let _ = old.close(None).await;

@@ -15,6 +15,7 @@ pub mod config;
 pub mod demo;
 pub mod dispatch;
 pub mod event;
+pub mod facade;
 pub mod gateway;
 pub mod ingress;
 pub mod ownership;

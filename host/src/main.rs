@@ -11,7 +11,11 @@ use stasis_host::runtime::RuntimeConfig;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
-#[command(name = "stasis-host", version, about = "Asterisk ARI apps as sandboxed WebAssembly components, across a cluster")]
+#[command(
+    name = "stasis-host",
+    version,
+    about = "Asterisk ARI apps as sandboxed WebAssembly components, across a cluster"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,10 +37,20 @@ enum Command {
     /// Manage the apps of a running host through its admin API.
     App {
         /// The host's admin API (`[listen] admin`).
-        #[arg(long, env = "STASIS_ADMIN_URL", default_value = "http://127.0.0.1:8090", global = true)]
+        #[arg(
+            long,
+            env = "STASIS_ADMIN_URL",
+            default_value = "http://127.0.0.1:8090",
+            global = true
+        )]
         host: String,
         /// Bearer token of the admin API (`[listen] admin_token`).
-        #[arg(long, env = "STASIS_ADMIN_TOKEN", hide_env_values = true, global = true)]
+        #[arg(
+            long,
+            env = "STASIS_ADMIN_TOKEN",
+            hide_env_values = true,
+            global = true
+        )]
         token: Option<String>,
         #[command(subcommand)]
         command: AppCommand,
@@ -89,24 +103,37 @@ async fn main() -> anyhow::Result<()> {
         _ => "info",
     };
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_env("STASIS_LOG").unwrap_or_else(|_| EnvFilter::new(default_filter)))
+        .with_env_filter(
+            EnvFilter::try_from_env("STASIS_LOG")
+                .unwrap_or_else(|_| EnvFilter::new(default_filter)),
+        )
         .with_target(false)
         .init();
     match cli.command {
         Command::Serve { config } => serve(config).await,
         Command::Demo(args) => stasis_host::demo::run(args).await,
         Command::Sim(args) => stasis_sim::run(args).await,
-        Command::App { host, token, command } => cli_app::run(&host, token, command).await,
+        Command::App {
+            host,
+            token,
+            command,
+        } => cli_app::run(&host, token, command).await,
     }
 }
 
 async fn serve(path: PathBuf) -> anyhow::Result<()> {
-    let config = Config::load(&path).with_context(|| format!("configuration {}", path.display()))?;
-    let gateway = Gateway::start(config, RuntimeConfig::default()).await.context("starting the host")?;
-    let apps = stasis_host::apps::Apps::open(&gateway).await.context("opening the app store")?;
+    let config =
+        Config::load(&path).with_context(|| format!("configuration {}", path.display()))?;
+    let gateway = Gateway::start(config, RuntimeConfig::default())
+        .await
+        .context("starting the host")?;
+    let apps = stasis_host::apps::Apps::open(&gateway)
+        .await
+        .context("opening the app store")?;
     if let Some(addr) = gateway.config.listen.admin {
-        let listener =
-            tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding the admin API on {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the admin API on {addr}"))?;
         let token = gateway.config.listen.admin_token.clone();
         if token.as_deref().is_none_or(str::is_empty) {
             tracing::warn!(%addr, "admin API without a token (loopback only): set listen.admin_token");
@@ -118,8 +145,26 @@ async fn serve(path: PathBuf) -> anyhow::Result<()> {
             }
         });
     }
-    tracing::info!(nodes = gateway.config.nodes.len(), apps = gateway.catalog.all().len(), "stasis-host serving");
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+    if let Some(addr) = gateway.config.listen.facade {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("binding the ARI facade on {addr}"))?;
+        let facade = stasis_host::facade::Facade::new(&gateway, &addr.to_string())
+            .context("starting the ARI facade")?;
+        tokio::spawn(async move {
+            if let Err(e) = stasis_host::facade::serve(listener, facade).await {
+                tracing::error!(error = %e, "ARI facade stopped");
+            }
+        });
+    }
+    tracing::info!(
+        nodes = gateway.config.nodes.len(),
+        apps = gateway.catalog.all().len(),
+        "stasis-host serving"
+    );
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
     tracing::info!("shutting down");
     gateway.shutdown();
     Ok(())

@@ -36,7 +36,9 @@ impl Ownership {
         if self.channels.read().get(channel).map(String::as_str) == Some(node) {
             return;
         }
-        self.channels.write().insert(channel.to_string(), node.to_string());
+        self.channels
+            .write()
+            .insert(channel.to_string(), node.to_string());
     }
 
     pub fn channel_node(&self, channel: &str) -> Option<String> {
@@ -49,7 +51,12 @@ impl Ownership {
 
     /// Channels owned by `node`.
     pub fn channels_on(&self, node: &str) -> Vec<String> {
-        self.channels.read().iter().filter(|(_, n)| n.as_str() == node).map(|(c, _)| c.clone()).collect()
+        self.channels
+            .read()
+            .iter()
+            .filter(|(_, n)| n.as_str() == node)
+            .map(|(c, _)| c.clone())
+            .collect()
     }
 
     /// Forgets everything a node owned (the node restarted: its ids are gone).
@@ -105,8 +112,20 @@ mod tests {
     #[test]
     fn playbacks_are_taken_once() {
         let o = Ownership::new();
-        o.record_playback("p1", PlaybackOwner { app: "conf".into(), channel: "c1".into() });
-        o.record_playback("p2", PlaybackOwner { app: "conf".into(), channel: "c2".into() });
+        o.record_playback(
+            "p1",
+            PlaybackOwner {
+                app: "conf".into(),
+                channel: "c1".into(),
+            },
+        );
+        o.record_playback(
+            "p2",
+            PlaybackOwner {
+                app: "conf".into(),
+                channel: "c2".into(),
+            },
+        );
         assert_eq!(o.take_playback("p1").unwrap().channel, "c1");
         assert_eq!(o.take_playback("p1"), None);
         o.forget_playbacks_of("c2");

@@ -195,6 +195,69 @@ pub fn plugin_wasm(name: &str) -> Result<Vec<u8>, String> {
     std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))
 }
 
+/// The compiled artifact of plugin `name` for `runtime`, cached across processes.
+///
+/// Cranelift takes 10–30 s for a Python or JavaScript component, so the serialized artifact is
+/// kept under `<plugins_dir>/.artifacts/<name>-<engine>-<sha256>.cwasm`, keyed by the
+/// component's SHA-256 and a fingerprint of the engine (wasmtime's precompile compatibility
+/// hash: version, compiler and memory settings). A cached file that does not deserialize is
+/// recompiled; writing is atomic (temp + rename) and best effort. Older artifacts of the same
+/// plugin and engine are removed when a new one is written. Synchronous: call it from
+/// `spawn_blocking` in async code.
+pub fn plugin_artifact(runtime: &super::Runtime, name: &str) -> Result<Vec<u8>, String> {
+    use std::hash::{Hash, Hasher};
+    // One compile at a time in this process: parallel tests wanting the same plugin wait for
+    // the first one's artifact instead of compiling it again.
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let wasm = plugin_wasm(name)?;
+    let engine = {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        runtime
+            .inner
+            .engine
+            .precompile_compatibility_hash()
+            .hash(&mut h);
+        h.finish()
+    };
+    let sha = crate::store::sha256_hex(&wasm);
+    let dir = plugins_dir().join(".artifacts");
+    let prefix = format!("{name}-{engine:016x}-");
+    let path = dir.join(format!("{prefix}{sha}.cwasm"));
+    if let Ok(bytes) = std::fs::read(&path) {
+        if super::compile::deserialize(&runtime.inner, &bytes).is_ok() {
+            return Ok(bytes);
+        }
+    }
+    let artifact = runtime
+        .compile_blocking(&wasm)
+        .map_err(|e| format!("compiling plugin {name}: {e}"))?;
+    let tmp = dir.join(format!(".{prefix}{sha}.{}.tmp", std::process::id()));
+    let written = std::fs::create_dir_all(&dir)
+        .and_then(|()| std::fs::write(&tmp, &artifact.bytes))
+        .and_then(|()| std::fs::rename(&tmp, &path));
+    match written {
+        Ok(()) => {
+            let stale = std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| {
+                    let f = e.file_name().to_string_lossy().into_owned();
+                    f.starts_with(&prefix) && f.ends_with(".cwasm") && e.path() != path
+                });
+            for entry in stale {
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+        Err(e) => {
+            let _ = std::fs::remove_file(&tmp);
+            tracing::warn!(plugin = name, error = %e, "cannot cache the compiled plugin");
+        }
+    }
+    Ok(artifact.bytes)
+}
+
 /// Benchmark support: instantiates a call of `app`, runs `on-start`, then runs the callback of
 /// `event` `n` times on that one instance and returns the duration of each run.
 pub async fn time_callbacks(

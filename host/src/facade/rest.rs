@@ -1,0 +1,294 @@
+//! The facade's REST side: requests passed to the node that owns the resource, answers passed
+//! back untouched (status, `Content-Type`, body bytes), list endpoints merged across nodes,
+//! and `/ari/api-docs` for clients generated from the spec.
+//!
+//! The hot path does no JSON work: the body goes through as bytes, the node's answer comes
+//! back as bytes, and only creations have their answer parsed (to index the new id).
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::future::join_all;
+
+use super::Facade;
+use super::placement::{PlacementError, Target};
+use super::upstream::RawResponse;
+use crate::backend::AriError;
+
+/// Largest request body passed on (ARI bodies are small JSON: variables, fields).
+const MAX_BODY: usize = 1 << 20;
+
+/// `/ari/*`: routes one request; see `placement.rs` for the policy.
+pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Response {
+    // The request taken apart rather than extracted piecewise: no copy of the headers.
+    let (parts, body) = request.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
+    let body = if headers.contains_key(header::CONTENT_LENGTH)
+        || headers.contains_key(header::TRANSFER_ENCODING)
+    {
+        match axum::body::to_bytes(body, MAX_BODY).await {
+            Ok(body) => body,
+            Err(_) => return message(StatusCode::PAYLOAD_TOO_LARGE, "request body too large"),
+        }
+    } else {
+        Bytes::new()
+    };
+    let query = uri.query().unwrap_or("");
+    if !facade.authorized(&headers, query) {
+        return super::unauthorized();
+    }
+    let path = uri.path().strip_prefix("/ari").unwrap_or(uri.path());
+    let query = strip_api_key(query);
+    let asterisk_id = headers.get("x-asterisk-id").and_then(|v| v.to_str().ok());
+    let target = match facade
+        .placement
+        .target(&method, path, &query, asterisk_id)
+        .await
+    {
+        Ok(target) => target,
+        Err(e) => return placement_error(e),
+    };
+    let path_and_query = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
+    };
+    let content_type = headers.get(header::CONTENT_TYPE).cloned();
+    match target {
+        Target::One { node, record } => {
+            match facade
+                .upstream
+                .forward(&node, method.clone(), &path_and_query, content_type, body)
+                .await
+            {
+                Ok(answer) => {
+                    let ok = (200..300).contains(&answer.status);
+                    if ok && let Some(kind) = record {
+                        facade.placement.created(kind, &node.name, &answer.body);
+                    }
+                    if ok && method == Method::DELETE {
+                        facade.placement.deleted(path);
+                    }
+                    pass_through(answer)
+                }
+                Err(e) => ari_error(e),
+            }
+        }
+        Target::Merge | Target::All => {
+            let nodes = facade.placement.usable();
+            if nodes.is_empty() {
+                return placement_error(PlacementError::NoNode);
+            }
+            let answers = join_all(nodes.iter().map(|n| {
+                facade.upstream.forward(
+                    n,
+                    method.clone(),
+                    &path_and_query,
+                    content_type.clone(),
+                    body.clone(),
+                )
+            }))
+            .await;
+            if matches!(target, Target::All) {
+                return answers.into_iter().next().map_or_else(
+                    || placement_error(PlacementError::NoNode),
+                    |a| a.map_or_else(ari_error, pass_through),
+                );
+            }
+            merge(answers)
+        }
+    }
+}
+
+/// Concatenates the JSON arrays of every node that answered 200, byte for byte. If none did,
+/// the first node's answer (or failure) is returned as is.
+fn merge(answers: Vec<Result<RawResponse, AriError>>) -> Response {
+    let mut out = BytesMut::with_capacity(
+        answers
+            .iter()
+            .map(|a| a.as_ref().map_or(0, |r| r.body.len()))
+            .sum::<usize>()
+            + 2,
+    );
+    out.extend_from_slice(b"[");
+    let (mut arrays, mut items, mut first_other) = (0, 0, None);
+    for answer in answers {
+        if let Ok(r) = &answer
+            && r.status == 200
+            && let Some(inner) = r
+                .body
+                .trim_ascii()
+                .strip_prefix(b"[")
+                .and_then(|t| t.strip_suffix(b"]"))
+        {
+            arrays += 1;
+            let inner = inner.trim_ascii();
+            if !inner.is_empty() {
+                if items > 0 {
+                    out.extend_from_slice(b",");
+                }
+                out.extend_from_slice(inner);
+                items += 1;
+            }
+            continue;
+        }
+        first_other.get_or_insert(answer);
+    }
+    out.extend_from_slice(b"]");
+    match first_other {
+        Some(other) if arrays == 0 => other.map_or_else(ari_error, pass_through),
+        _ => json(StatusCode::OK, out.freeze()),
+    }
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response {
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn pass_through(answer: RawResponse) -> Response {
+    let mut response = Response::new(Body::from(answer.body));
+    *response.status_mut() = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::BAD_GATEWAY);
+    if let Some(content_type) = answer.content_type {
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, content_type);
+    }
+    response
+}
+
+/// A failure of the facade itself (no node answered), in Asterisk's error shape.
+fn ari_error(e: AriError) -> Response {
+    let status = match e {
+        AriError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+        _ => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    message(status, &e.to_string())
+}
+
+fn placement_error(e: PlacementError) -> Response {
+    match e {
+        PlacementError::UnknownNode(_) => message(StatusCode::BAD_REQUEST, &e.to_string()),
+        PlacementError::NoNode => message(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        PlacementError::Ari(e) => ari_error(e),
+    }
+}
+
+pub(super) fn message(status: StatusCode, text: &str) -> Response {
+    json(
+        status,
+        Bytes::from(serde_json::json!({ "message": text }).to_string()),
+    )
+}
+
+/// The query without the facade's `api_key` (the node gets its own credentials).
+fn strip_api_key(query: &str) -> std::borrow::Cow<'_, str> {
+    if !query.contains("api_key") {
+        return query.into();
+    }
+    query
+        .split('&')
+        .filter(|kv| !kv.starts_with("api_key=") && *kv != "api_key")
+        .collect::<Vec<_>>()
+        .join("&")
+        .into()
+}
+
+/// The spec files, as shipped with Asterisk 22.10.1 (`api-docs/`).
+const SPEC: &[(&str, &str)] = &[
+    ("resources.json", include_str!("api-docs/resources.json")),
+    (
+        "applications.json",
+        include_str!("api-docs/applications.json"),
+    ),
+    ("asterisk.json", include_str!("api-docs/asterisk.json")),
+    ("bridges.json", include_str!("api-docs/bridges.json")),
+    ("channels.json", include_str!("api-docs/channels.json")),
+    (
+        "deviceStates.json",
+        include_str!("api-docs/deviceStates.json"),
+    ),
+    ("endpoints.json", include_str!("api-docs/endpoints.json")),
+    ("events.json", include_str!("api-docs/events.json")),
+    ("mailboxes.json", include_str!("api-docs/mailboxes.json")),
+    ("playbacks.json", include_str!("api-docs/playbacks.json")),
+    ("recordings.json", include_str!("api-docs/recordings.json")),
+    ("sounds.json", include_str!("api-docs/sounds.json")),
+];
+
+const SPEC_BASE: &str = "\"basePath\": \"http://localhost:8088/ari\"";
+
+/// `/ari/api-docs/{file}`: the spec with `basePath` pointing at this facade (from the
+/// request's `Host`), so generated clients send everything here.
+pub async fn api_docs(
+    State(facade): State<Arc<Facade>>,
+    Path(file): Path<String>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Response {
+    if !facade.authorized(&headers, uri.query().unwrap_or("")) {
+        return super::unauthorized();
+    }
+    let Some((_, text)) = SPEC.iter().find(|(name, _)| *name == file) else {
+        return message(StatusCode::NOT_FOUND, "Resource not found");
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| facade.address.clone());
+    let body = text.replacen(
+        SPEC_BASE,
+        &format!("\"basePath\": \"http://{host}/ari\""),
+        1,
+    );
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn api_key_is_not_passed_on() {
+        assert_eq!(strip_api_key("app=x&api_key=u:p&b=1"), "app=x&b=1");
+        assert_eq!(strip_api_key("app=x"), "app=x");
+    }
+
+    #[test]
+    fn every_spec_file_has_the_base_path_to_rewrite() {
+        for (name, text) in SPEC {
+            assert!(text.contains(SPEC_BASE), "{name}");
+        }
+    }
+
+    #[tokio::test]
+    async fn lists_are_concatenated_without_reparsing() {
+        let ok = |b: &'static str| {
+            Ok(RawResponse {
+                status: 200,
+                content_type: None,
+                body: Bytes::from_static(b.as_bytes()),
+            })
+        };
+        let r = merge(vec![
+            ok("[{\"id\":\"a\"}]"),
+            ok("[]"),
+            ok(" [{\"id\":\"b\"}] "),
+        ]);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(&body[..], b"[{\"id\":\"a\"},{\"id\":\"b\"}]");
+        let r = merge(vec![ok("[]"), ok("[]")]);
+        let body = axum::body::to_bytes(r.into_body(), 1 << 20).await.unwrap();
+        assert_eq!(&body[..], b"[]");
+    }
+}
