@@ -207,7 +207,7 @@ mod tests {
     fn health_is_observable() {
         let c = cluster();
         let a = c.node("a").unwrap();
-        let mut rx = a.watch_health();
+        let rx = a.watch_health();
         assert_eq!(a.health(), Health::Starting);
         a.set_health(Health::Up);
         assert!(rx.has_changed().unwrap());

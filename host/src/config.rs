@@ -406,6 +406,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::result_large_err)] // figment::Jail's closure signature, not ours
     fn environment_overrides_the_file() {
         let dir = std::env::temp_dir().join(format!("stasis-config-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -137,7 +137,7 @@ impl Dispatch {
         loop {
             tokio::select! {
                 message = intake.recv() => match message {
-                    Some(Intake::Event { node, event }) => self.on_event(&node, event),
+                    Some(Intake::Event { node, event }) => self.on_event(&node, *event),
                     Some(Intake::NodeUp(node)) => self.on_node_up(&node),
                     Some(Intake::NodeDown(node)) => self.on_node_down(&node),
                     None => break,

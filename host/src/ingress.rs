@@ -31,7 +31,7 @@ use crate::event::Event;
 #[derive(Debug)]
 pub enum Intake {
     /// An event from a node.
-    Event { node: Arc<Node>, event: Event },
+    Event { node: Arc<Node>, event: Box<Event> },
     /// The node's event connection is live (again).
     NodeUp(Arc<Node>),
     /// The node's event connection dropped.
@@ -186,7 +186,7 @@ async fn pump(
                 match message {
                     Some(Ok(Message::Text(text))) => match Event::parse(text.as_str()) {
                         Ok(event) => {
-                            if tx.send(Intake::Event { node: node.clone(), event }).await.is_err() {
+                            if tx.send(Intake::Event { node: node.clone(), event: Box::new(event) }).await.is_err() {
                                 return "host shutting down".into();
                             }
                         }
@@ -244,7 +244,7 @@ async fn drain_then_close(node: &Arc<Node>, old: &mut Socket, tx: &mpsc::Sender<
             let _ = tx
                 .send(Intake::Event {
                     node: node.clone(),
-                    event,
+                    event: Box::new(event),
                 })
                 .await;
         }

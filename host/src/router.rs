@@ -362,10 +362,14 @@ impl Router {
                 exten,
                 priority,
             } => {
-                let mut query = Query::new();
-                context.map(|c| query.push(("context".into(), c)));
-                exten.map(|e| query.push(("extension".into(), e)));
-                priority.map(|p| query.push(("priority".into(), p.to_string())));
+                let query: Query = [
+                    context.map(|c| ("context".to_string(), c)),
+                    exten.map(|e| ("extension".to_string(), e)),
+                    priority.map(|p| ("priority".to_string(), p.to_string())),
+                ]
+                .into_iter()
+                .flatten()
+                .collect();
                 done(
                     self.on_channel(&channel, Method::POST, "/continue", query)
                         .await,

@@ -26,9 +26,12 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry};
 
 /// Pairs "event" and "request" traces per channel into latencies.
+/// Channel → when its latest event reached dispatch; and the latencies measured so far.
+type Pending = (HashMap<String, Instant>, Vec<Duration>);
+
 #[derive(Default, Clone)]
 struct Latency {
-    inner: Arc<Mutex<(HashMap<String, Instant>, Vec<Duration>)>>,
+    inner: Arc<Mutex<Pending>>,
     events: Arc<std::sync::atomic::AtomicUsize>,
 }
 

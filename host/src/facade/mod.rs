@@ -55,13 +55,14 @@ const REGISTER_PATIENCE: Duration = Duration::from_secs(5);
 
 /// The facade's shared state.
 pub struct Facade {
-    placement: Placement,
+    placement: Arc<Placement>,
     upstream: upstream::Upstream,
     external: Arc<ExternalApps>,
     basic: String,
     api_key: String,
     /// `host:port` the facade listens on (the spec's `basePath` when a request has no Host).
     address: String,
+    timeouts: (Duration, Duration),
 }
 
 impl Facade {
@@ -77,12 +78,12 @@ impl Facade {
             base64::Engine::encode(&base64::engine::general_purpose::STANDARD, &api_key)
         );
         Ok(Arc::new(Facade {
-            placement: Placement::new(
+            placement: Arc::new(Placement::new(
                 gateway.cluster.clone(),
                 gateway.ownership.clone(),
                 gateway.conferences.clone(),
                 gateway.router.clone(),
-            ),
+            )),
             upstream: upstream::Upstream::new(
                 &gateway.cluster,
                 gateway.config.limits.connect_timeout(),
@@ -92,7 +93,29 @@ impl Facade {
             basic,
             api_key,
             address: address.to_string(),
+            timeouts: (
+                gateway.config.limits.connect_timeout(),
+                gateway.config.limits.request_timeout(),
+            ),
         }))
+    }
+
+    /// The same facade with its own upstream pools, for one serving thread: connections
+    /// then live on the thread that uses them.
+    fn for_thread(&self) -> Arc<Facade> {
+        Arc::new(Facade {
+            placement: self.placement.clone(),
+            upstream: upstream::Upstream::new(
+                self.placement.cluster(),
+                self.timeouts.0,
+                self.timeouts.1,
+            ),
+            external: self.external.clone(),
+            basic: self.basic.clone(),
+            api_key: self.api_key.clone(),
+            address: self.address.clone(),
+            timeouts: self.timeouts,
+        })
     }
 
     /// Basic auth, else `api_key=user:pass` in the query.
@@ -160,13 +183,51 @@ pub fn routes(facade: Arc<Facade>) -> axum::Router {
         .with_state(facade)
 }
 
-/// Serves the facade on `listener` until the server fails.
+/// Serves the facade on `listener` until the server fails or this future is dropped.
+///
+/// Like nginx's worker processes, the facade runs one single-threaded event loop per core
+/// (threads `ari-facade-N`), all accepting on the one listening socket, each with its own
+/// upstream pools: a proxied request is then handled start to end on one thread, with no
+/// hand-off between threads. Shared state (ownership, the facade's index, external apps)
+/// is behind short synchronous locks, never held across an await.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     facade: Arc<Facade>,
 ) -> Result<(), FacadeError> {
-    info!(address = %facade.address, "ARI facade listening");
-    axum::serve(listener, routes(facade)).await?;
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let listener = listener.into_std()?;
+    // Dropped with this future: every serving thread then stops.
+    let (stop, stopped) = tokio::sync::watch::channel(());
+    let (failed_tx, mut failed) = tokio::sync::mpsc::unbounded_channel();
+    for i in 0..threads {
+        let listener = listener.try_clone()?;
+        let facade = facade.for_thread();
+        let mut stopped = stopped.clone();
+        let failed_tx = failed_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("ari-facade-{i}"))
+            .spawn(move || {
+                let result = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .and_then(|runtime| {
+                        runtime.block_on(async move {
+                            let listener = tokio::net::TcpListener::from_std(listener)?;
+                            axum::serve(listener, routes(facade))
+                                .with_graceful_shutdown(async move {
+                                    let _ = stopped.changed().await;
+                                })
+                                .await
+                        })
+                    });
+                let _ = failed_tx.send(result);
+            })?;
+    }
+    drop(failed_tx);
+    info!(address = %facade.address, threads, "ARI facade listening");
+    let result = failed.recv().await.unwrap_or(Ok(()));
+    drop(stop);
+    result?;
     Ok(())
 }
 

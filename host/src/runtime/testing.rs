@@ -224,10 +224,10 @@ pub fn plugin_artifact(runtime: &super::Runtime, name: &str) -> Result<Vec<u8>, 
     let dir = plugins_dir().join(".artifacts");
     let prefix = format!("{name}-{engine:016x}-");
     let path = dir.join(format!("{prefix}{sha}.cwasm"));
-    if let Ok(bytes) = std::fs::read(&path) {
-        if super::compile::deserialize(&runtime.inner, &bytes).is_ok() {
-            return Ok(bytes);
-        }
+    if let Ok(bytes) = std::fs::read(&path)
+        && super::compile::deserialize(&runtime.inner, &bytes).is_ok()
+    {
+        return Ok(bytes);
     }
     let artifact = runtime
         .compile_blocking(&wasm)
