@@ -143,14 +143,18 @@ fn stat_ticks(stat: &str) -> u64 {
             .unwrap_or(0)
 }
 
-/// CPU ticks of this process's threads named `name` (the host's runtime: the facade).
-fn thread_ticks(name: &str) -> u64 {
+/// CPU ticks of this process's threads whose names start with one of `names` (the host's
+/// runtime and the facade's serving threads).
+fn thread_ticks(names: &[&str]) -> u64 {
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return 0;
     };
     tasks
         .flatten()
-        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim() == name))
+        .filter(|t| {
+            std::fs::read_to_string(t.path().join("comm"))
+                .is_ok_and(|c| names.iter().any(|n| c.trim().starts_with(n)))
+        })
         .map(|t| std::fs::read_to_string(t.path().join("stat")).map_or(0, |s| stat_ticks(&s)))
         .sum()
 }
@@ -404,7 +408,7 @@ fn main() {
             let url = format!("{}{path}", target.base);
             let (p50, p99) = latency(&load_rt, &url, &target.auth, 2000);
             let cpu_before = match target.name {
-                "facade" => thread_ticks("host"),
+                "facade" => thread_ticks(&["host", "ari-facade"]),
                 "nginx" => nginx_pid.map_or(0, process_tree_ticks),
                 _ => 0,
             };
@@ -414,7 +418,7 @@ fn main() {
                 reqwest_load(&load_rt, &url, &target.auth, secs, conns)
             };
             let cpu_after = match target.name {
-                "facade" => thread_ticks("host"),
+                "facade" => thread_ticks(&["host", "ari-facade"]),
                 "nginx" => nginx_pid.map_or(0, process_tree_ticks),
                 _ => 0,
             };
