@@ -9,6 +9,9 @@
 # One cargo invocation builds all plugins (profile `plugin`: opt-level s, LTO, panic=abort,
 # strip). Unchanged outputs are not copied again, so their mtimes stay stable and a no-op run
 # takes about as long as cargo's freshness check. Fails if an output is not a component.
+#
+# Then builds the Python (componentize-py) and JavaScript (componentize-js) apps, installing
+# their pinned toolchains on first use; see the second half of this file.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

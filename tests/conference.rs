@@ -260,8 +260,15 @@ async fn destroying_the_bridge_removes_every_part_and_leg_and_play_reaches_the_h
     let on_a = rig.call("a", "Alice", "8000");
     wait_for("home on a", || in_bridge(&nodes[0], &on_a, "conf")).await;
     let on_b = rig.call("b", "Bob", "8000");
-    wait_for("linked", || one_connected_conference(&nodes, &[on_a.clone(), on_b.clone()])).await;
-    let origin = Origin { app: "conf".into(), node: nodes[1].asterisk_id().into(), channel: on_b.clone() };
+    wait_for("linked", || {
+        one_connected_conference(&nodes, &[on_a.clone(), on_b.clone()])
+    })
+    .await;
+    let origin = Origin {
+        app: "conf".into(),
+        node: nodes[1].asterisk_id().into(),
+        channel: on_b.clone(),
+    };
 
     // A playback to the bridge is played once, in the home bridge (parts hear it via legs).
     let played = rig
@@ -269,17 +276,40 @@ async fn destroying_the_bridge_removes_every_part_and_leg_and_play_reaches_the_h
         .router
         .execute(
             &origin,
-            Operation::PlayOnBridge { bridge: "conf".into(), media: vec!["sound:beep".into()], playback_id: "pb-1".into() },
+            Operation::PlayOnBridge {
+                bridge: "conf".into(),
+                media: vec!["sound:beep".into()],
+                playback_id: "pb-1".into(),
+            },
         )
         .await
         .unwrap();
     assert_eq!(played, Outcome::Value("pb-1".into()));
-    assert!(app_requests(&nodes[0]).iter().any(|r| r.starts_with("POST /ari/bridges/conf/play?")));
-    assert!(!app_requests(&nodes[1]).iter().any(|r| r.starts_with("POST /ari/bridges/conf/play")));
+    assert!(
+        app_requests(&nodes[0])
+            .iter()
+            .any(|r| r.starts_with("POST /ari/bridges/conf/play?"))
+    );
+    assert!(
+        !app_requests(&nodes[1])
+            .iter()
+            .any(|r| r.starts_with("POST /ari/bridges/conf/play"))
+    );
 
-    rig.host.router.execute(&origin, Operation::BridgeDestroy { bridge: "conf".into() }).await.unwrap();
+    rig.host
+        .router
+        .execute(
+            &origin,
+            Operation::BridgeDestroy {
+                bridge: "conf".into(),
+            },
+        )
+        .await
+        .unwrap();
     wait_for("no bridge and no leg anywhere", || {
-        nodes.iter().all(|n| n.bridges().is_empty() && legs_out(n).is_empty() && legs_in(n).is_empty())
+        nodes
+            .iter()
+            .all(|n| n.bridges().is_empty() && legs_out(n).is_empty() && legs_in(n).is_empty())
     })
     .await;
     // The callers themselves stay up (ARI semantics: destroying a bridge keeps its channels).
@@ -291,7 +321,14 @@ async fn destroying_the_bridge_removes_every_part_and_leg_and_play_reaches_the_h
 async fn a_finished_conference_frees_its_bridge_id_for_another_app() {
     let rig = Rig::start(1, &[("conf", "conference"), ("other", "conference")]).await;
     let a = rig.node("a");
-    a.set_route("default", "8100", stasis_sim::Route::Stasis { app: "other".into(), args: vec![] });
+    a.set_route(
+        "default",
+        "8100",
+        stasis_sim::Route::Stasis {
+            app: "other".into(),
+            args: vec![],
+        },
+    );
     let first = rig.call("a", "Alice", "8000");
     wait_for("conf's caller bridged", || in_bridge(&a, &first, "conf")).await;
     // While conf holds bridge "conf", the other app may not take it.
@@ -306,9 +343,15 @@ async fn a_finished_conference_frees_its_bridge_id_for_another_app() {
     );
     a.hangup_far_end(&refused, None).unwrap();
     a.hangup_far_end(&first, None).unwrap();
-    wait_for("conference finished", || a.bridges().is_empty() && rig.host.conferences.sizes().0 == 0).await;
+    wait_for("conference finished", || {
+        a.bridges().is_empty() && rig.host.conferences.sizes().0 == 0
+    })
+    .await;
     // The id is free again: the other app's caller gets the conference.
     let second = rig.call("a", "Bob", "8100");
-    wait_for("other app's caller bridged in a new conf", || in_bridge(&a, &second, "conf")).await;
+    wait_for("other app's caller bridged in a new conf", || {
+        in_bridge(&a, &second, "conf")
+    })
+    .await;
     rig.stop().await;
 }

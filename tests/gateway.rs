@@ -356,14 +356,21 @@ async fn malformed_and_unknown_events_are_skipped_and_the_connection_stays_up() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_host_starts_before_a_node_and_waits_for_it() {
-    let sim = stasis_sim::Cluster::start(stasis_e2e::sim_config(2)).await.unwrap();
+    let sim = stasis_sim::Cluster::start(stasis_e2e::sim_config(2))
+        .await
+        .unwrap();
     stasis_e2e::route_trunk_legs(&sim);
     let (a, b) = (sim.node("a"), sim.node("b"));
     a.kill().await; // node a is still booting when the host starts
-    let host = stasis_host::gateway::Gateway::start(stasis_e2e::host_config(&sim, ""), stasis_e2e::runtime_config())
+    let host = stasis_host::gateway::Gateway::start(
+        stasis_e2e::host_config(&sim, ""),
+        stasis_e2e::runtime_config(),
+    )
+    .await
+    .expect("start-up does not fail on a missing node");
+    host.load_app("conf", stasis_e2e::plugin("conference"), Default::default())
         .await
-        .expect("start-up does not fail on a missing node");
-    host.load_app("conf", stasis_e2e::plugin("conference"), Default::default()).await.unwrap();
+        .unwrap();
     wait_for("node b up", || host.cluster.node("b").unwrap().is_up()).await;
     assert!(!host.cluster.node("a").unwrap().is_up());
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
@@ -373,9 +380,16 @@ async fn the_host_starts_before_a_node_and_waits_for_it() {
     })
     .await;
     let id = a
-        .inject_call(stasis_e2e::InboundCall { caller_name: "Late".into(), exten: "8000".into(), ..Default::default() })
+        .inject_call(stasis_e2e::InboundCall {
+            caller_name: "Late".into(),
+            exten: "8000".into(),
+            ..Default::default()
+        })
         .unwrap();
-    wait_for("call on the late node bridged", || in_bridge(&a, &id, "conf")).await;
+    wait_for("call on the late node bridged", || {
+        in_bridge(&a, &id, "conf")
+    })
+    .await;
     assert!(b.request_log().iter().all(|r| !r.path.contains(&id)));
     host.shutdown();
     sim.shutdown().await;

@@ -162,7 +162,10 @@ pub struct Conferences {
 impl std::fmt::Debug for Conferences {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let (conferences, legs) = self.sizes();
-        f.debug_struct("Conferences").field("conferences", &conferences).field("legs", &legs).finish()
+        f.debug_struct("Conferences")
+            .field("conferences", &conferences)
+            .field("legs", &legs)
+            .finish()
     }
 }
 

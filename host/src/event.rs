@@ -265,7 +265,10 @@ impl Event {
                 channel: body::<MaybeChannel>(text)
                     .ok()
                     .and_then(|m| m.channel)
-                    .map(|c| Channel { id: c.id, ..Channel::default() }),
+                    .map(|c| Channel {
+                        id: c.id,
+                        ..Channel::default()
+                    }),
             },
         };
         Ok(Event {

@@ -247,7 +247,10 @@ fn main() {
         let events0 = latency.events.load(std::sync::atomic::Ordering::Relaxed);
         let (host_cpu0, sim_cpu0) = (cpu_of(&["host", "wasm-epoch"]), cpu_of(&["sim"]));
         let elapsed = sim_rt.block_on(run_calls(&a, total, batch, live));
-        let (host_cpu, sim_cpu) = (cpu_of(&["host", "wasm-epoch"]) - host_cpu0, cpu_of(&["sim"]) - sim_cpu0);
+        let (host_cpu, sim_cpu) = (
+            cpu_of(&["host", "wasm-epoch"]) - host_cpu0,
+            cpu_of(&["sim"]) - sim_cpu0,
+        );
         let events = latency.events.load(std::sync::atomic::Ordering::Relaxed) - events0;
         let mut lat = std::mem::take(&mut latency.inner.lock().unwrap().1);
         lat.sort();
@@ -255,10 +258,22 @@ fn main() {
             "conference flow, {total} calls, {batch} callers per conference at a time, one node \
              (host: 1 worker thread, simulator: 1 worker thread)"
         );
-        println!("  calls per second:                 {:.0}", total as f64 / elapsed.as_secs_f64());
-        println!("  events per call (host intake):    {:.1}", events as f64 / total as f64);
-        println!("  host CPU per call:                {:.1} µs", host_cpu * 1e6 / total as f64);
-        println!("  simulator CPU per call:           {:.1} µs (driver included)", sim_cpu * 1e6 / total as f64);
+        println!(
+            "  calls per second:                 {:.0}",
+            total as f64 / elapsed.as_secs_f64()
+        );
+        println!(
+            "  events per call (host intake):    {:.1}",
+            events as f64 / total as f64
+        );
+        println!(
+            "  host CPU per call:                {:.1} µs",
+            host_cpu * 1e6 / total as f64
+        );
+        println!(
+            "  simulator CPU per call:           {:.1} µs (driver included)",
+            sim_cpu * 1e6 / total as f64
+        );
         println!(
             "  host share of CPU:                {:.0} %",
             100.0 * host_cpu / (host_cpu + sim_cpu).max(f64::EPSILON)
