@@ -239,10 +239,11 @@ fn engine_config(config: &RuntimeConfig) -> Config {
     let mut pool = PoolingAllocationConfig::new();
     pool.total_component_instances(n)
         // A Rust wasip2 component is 2–4 core instances with one memory and a few tables;
-        // other languages need a little more.
-        .total_core_instances(n.saturating_mul(4))
+        // a componentize-py one about 14 (measured): size for the larger so a Python app can
+        // use every call slot. Core instance slots are cheap; memories are the big reservation.
+        .total_core_instances(n.saturating_mul(16))
         .total_memories(n.saturating_mul(2))
-        .total_tables(n.saturating_mul(4))
+        .total_tables(n.saturating_mul(16))
         // A fiber stack is taken only while a callback runs (or awaits an import).
         .total_stacks(n)
         // No `linear_memory_keep_resident`: a Rust guest's first 64 KiB are its (untouched)
