@@ -394,3 +394,51 @@ async fn the_host_starts_before_a_node_and_waits_for_it() {
     host.shutdown();
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_beyond_the_apps_cap_is_rejected_with_congestion() {
+    let sim = stasis_sim::Cluster::start(stasis_e2e::sim_config(1))
+        .await
+        .unwrap();
+    let host = stasis_host::gateway::Gateway::start(
+        stasis_e2e::host_config(&sim, ""),
+        stasis_e2e::runtime_config(),
+    )
+    .await
+    .unwrap();
+    let settings = stasis_host::runtime::AppSettings {
+        max_live_calls: 1,
+        ..Default::default()
+    };
+    host.load_app("conf", stasis_e2e::plugin("conference"), settings)
+        .await
+        .unwrap();
+    let a = sim.node("a");
+    wait_for("connected", || {
+        host.cluster.node("a").unwrap().is_up() && a.apps().contains(&"conf".to_string())
+    })
+    .await;
+    let call = |name: &str| {
+        a.inject_call(stasis_e2e::InboundCall {
+            caller_name: name.into(),
+            exten: "8000".into(),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let first = call("First");
+    wait_for("first bridged", || in_bridge(&a, &first, "conf")).await;
+    let second = call("Second");
+    wait_for("second rejected", || a.channel(&second).is_none()).await;
+    assert!(
+        app_requests(&a).contains(&format!("DELETE /ari/channels/{second}?reason=congestion")),
+        "{:?}",
+        app_requests(&a)
+    );
+    assert!(
+        in_bridge(&a, &first, "conf"),
+        "the call in progress is untouched"
+    );
+    host.shutdown();
+    sim.shutdown().await;
+}

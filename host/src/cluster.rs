@@ -12,6 +12,7 @@ use parking_lot::RwLock;
 use tokio::sync::watch;
 
 use crate::ari_client::AriClient;
+use crate::backend::AriError;
 use crate::config::{Config, NodeConfig};
 
 /// Whether the host can reach a node.
@@ -145,6 +146,19 @@ impl Cluster {
         by_id.insert(asterisk_id.to_string(), node.name.clone());
         *own = Some(asterisk_id.to_string());
         Ok(())
+    }
+
+    /// The node `name`, if it is configured and up: where requests may be sent.
+    pub fn usable(&self, name: &str) -> Result<Arc<Node>, AriError> {
+        let node = self
+            .node(name)
+            .cloned()
+            .ok_or_else(|| AriError::Unavailable(format!("node {name} is not configured")))?;
+        if node.is_up() {
+            Ok(node)
+        } else {
+            Err(AriError::Unavailable(format!("node {name} is down")))
+        }
     }
 
     /// Nodes whose event connection is live.

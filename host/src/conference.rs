@@ -222,16 +222,7 @@ impl Conferences {
     }
 
     fn node(&self, name: &str) -> Result<Arc<Node>, AriError> {
-        let node = self
-            .cluster
-            .node(name)
-            .cloned()
-            .ok_or_else(|| AriError::Unavailable(format!("node {name} is not configured")))?;
-        if node.is_up() {
-            Ok(node)
-        } else {
-            Err(AriError::Unavailable(format!("node {name} is down")))
-        }
+        self.cluster.usable(name)
     }
 
     fn existing(&self, id: &str) -> Option<Shared> {

@@ -381,29 +381,23 @@ impl Dispatch {
                     },
                 );
             }
-            Err(StartError::AtCapacity { .. }) => {
-                warn!(node = %node.name, app = %event.application, channel = %channel.id,
-                    "app at its live-call cap: rejecting the call with congestion");
-                self.send_for(
-                    &event.application,
-                    &asterisk_id,
-                    &channel.id,
-                    Operation::Hangup {
-                        channel: channel.id.clone(),
-                        reason: Some("congestion".into()),
-                    },
-                );
-            }
             Err(e) => {
+                // A full app or runtime is congestion to the caller (a busy signal they can
+                // retry); anything else is a plain hangup.
+                let reason = matches!(
+                    e,
+                    StartError::AtCapacity { .. } | StartError::RuntimeFull { .. }
+                )
+                .then(|| "congestion".to_string());
                 warn!(node = %node.name, app = %event.application, channel = %channel.id, error = %e,
-                    "cannot start the call: hanging up");
+                    ?reason, "cannot start the call: hanging up");
                 self.send_for(
                     &event.application,
                     &asterisk_id,
                     &channel.id,
                     Operation::Hangup {
                         channel: channel.id.clone(),
-                        reason: None,
+                        reason,
                     },
                 );
             }
