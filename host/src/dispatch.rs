@@ -550,7 +550,7 @@ impl Dispatch {
 fn other(event: &Event) -> CallEvent {
     CallEvent::Other {
         kind: event.kind_name.clone(),
-        json: event.raw.to_string(),
+        json: event.raw.clone(),
     }
 }
 
@@ -559,7 +559,7 @@ fn bridge_event(event: &Event, bridge: &event::Bridge, conferences: &Conferences
     match conferences.hide_legs(&event.raw, &bridge.channels) {
         Some(json) => CallEvent::Other {
             kind: event.kind_name.clone(),
-            json,
+            json: json.into(),
         },
         None => other(event),
     }

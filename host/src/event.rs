@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use serde::Deserialize;
+use serde_json::value::RawValue;
 
 /// Why an event could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -138,133 +139,105 @@ pub struct Event {
     pub raw: Arc<str>,
 }
 
+/// One pass over the text: the envelope and scalar fields are read, the objects the host
+/// may need (`channel`, `bridge`, `playback`) are only delimited, then parsed on demand.
+/// Events are the host's hottest input (every event of every call, and Asterisk sends one
+/// ChannelVarset per bridge member on every join), so the text is never walked twice whole
+/// and no `serde_json::Value` tree is built.
 #[derive(Deserialize)]
-struct Envelope {
+struct Wire<'a> {
     #[serde(rename = "type")]
     kind: Option<String>,
     #[serde(default)]
     asterisk_id: String,
     #[serde(default)]
     application: String,
-}
-
-fn body<T: serde::de::DeserializeOwned>(text: &str) -> Result<T, serde_json::Error> {
-    serde_json::from_str(text)
-}
-
-#[derive(Deserialize)]
-struct WithChannel {
-    channel: Channel,
-}
-
-/// For event kinds the host does not act on, only the channel id matters (to find the
-/// call); skipping the rest of the channel object keeps the many ChannelVarset events cheap.
-#[derive(Deserialize)]
-struct MaybeChannel {
+    #[serde(borrow, default)]
+    channel: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    bridge: Option<&'a RawValue>,
+    #[serde(borrow, default)]
+    playback: Option<&'a RawValue>,
     #[serde(default)]
-    channel: Option<ChannelId>,
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    digit: Option<String>,
+    #[serde(default)]
+    duration_ms: Option<u32>,
 }
 
+/// For event kinds the host does not act on, only the channel id matters (to find the call).
 #[derive(Deserialize)]
 struct ChannelId {
     id: String,
 }
 
-#[derive(Deserialize)]
-struct StasisStartBody {
-    channel: Channel,
-    #[serde(default)]
-    args: Vec<String>,
+fn missing(field: &'static str) -> serde_json::Error {
+    serde::de::Error::missing_field(field)
 }
 
-#[derive(Deserialize)]
-struct DtmfBody {
-    channel: Channel,
-    digit: String,
-    #[serde(default)]
-    duration_ms: u32,
-}
-
-#[derive(Deserialize)]
-struct BridgeBody {
-    bridge: Bridge,
-    #[serde(default)]
-    channel: Option<Channel>,
-}
-
-#[derive(Deserialize)]
-struct PlaybackBody {
-    playback: Playback,
+/// Parses a delimited sub-object that the event kind requires.
+fn required<T: serde::de::DeserializeOwned>(
+    raw: Option<&RawValue>,
+    field: &'static str,
+) -> Result<T, serde_json::Error> {
+    serde_json::from_str(raw.ok_or_else(|| missing(field))?.get())
 }
 
 impl Event {
     /// Parses one websocket message (or AMQP `data` object).
-    ///
-    /// Straight from the text into small typed structs, never through `serde_json::Value`:
-    /// this runs for every event of every call, and a `Value` tree costs an allocation per
-    /// field of every channel object.
     pub fn parse(text: &str) -> Result<Event, EventError> {
-        let envelope: Envelope = serde_json::from_str(text).map_err(EventError::NotJson)?;
-        let kind_name = envelope.kind.ok_or(EventError::NoType)?;
+        let wire: Wire = serde_json::from_str(text).map_err(EventError::NotJson)?;
+        let kind_name = wire.kind.ok_or(EventError::NoType)?;
         let malformed = |source| EventError::Malformed {
             kind: kind_name.clone(),
             source,
         };
+        let channel = || required::<Channel>(wire.channel, "channel");
         let kind = match kind_name.as_str() {
-            "StasisStart" => {
-                let b: StasisStartBody = serde_json::from_str(text).map_err(malformed)?;
-                Kind::StasisStart {
-                    channel: b.channel,
-                    args: b.args,
-                }
-            }
+            "StasisStart" => Kind::StasisStart {
+                channel: channel().map_err(malformed)?,
+                args: wire.args.unwrap_or_default(),
+            },
             "StasisEnd" => Kind::StasisEnd {
-                channel: body::<WithChannel>(text).map_err(malformed)?.channel,
+                channel: channel().map_err(malformed)?,
             },
             "ChannelStateChange" => Kind::ChannelStateChange {
-                channel: body::<WithChannel>(text).map_err(malformed)?.channel,
+                channel: channel().map_err(malformed)?,
             },
-            "ChannelDtmfReceived" => {
-                let b: DtmfBody = body(text).map_err(malformed)?;
-                Kind::ChannelDtmfReceived {
-                    channel: b.channel,
-                    digit: b.digit,
-                    duration_ms: b.duration_ms,
-                }
-            }
+            "ChannelDtmfReceived" => Kind::ChannelDtmfReceived {
+                channel: channel().map_err(malformed)?,
+                digit: wire.digit.ok_or_else(|| malformed(missing("digit")))?,
+                duration_ms: wire.duration_ms.unwrap_or_default(),
+            },
             "ChannelDestroyed" => Kind::ChannelDestroyed {
-                channel: body::<WithChannel>(text).map_err(malformed)?.channel,
+                channel: channel().map_err(malformed)?,
             },
-            "ChannelEnteredBridge" => {
-                let b: BridgeBody = body(text).map_err(malformed)?;
-                Kind::ChannelEnteredBridge {
-                    bridge: b.bridge,
-                    channel: b.channel,
-                }
-            }
-            "ChannelLeftBridge" => {
-                let b: BridgeBody = body(text).map_err(malformed)?;
-                let channel = b
+            "ChannelEnteredBridge" => Kind::ChannelEnteredBridge {
+                bridge: required(wire.bridge, "bridge").map_err(malformed)?,
+                channel: wire
                     .channel
-                    .ok_or_else(|| malformed(serde::de::Error::missing_field("channel")))?;
-                Kind::ChannelLeftBridge {
-                    bridge: b.bridge,
-                    channel,
-                }
-            }
+                    .map(|_| channel())
+                    .transpose()
+                    .map_err(malformed)?,
+            },
+            "ChannelLeftBridge" => Kind::ChannelLeftBridge {
+                bridge: required(wire.bridge, "bridge").map_err(malformed)?,
+                channel: channel().map_err(malformed)?,
+            },
             "BridgeDestroyed" => Kind::BridgeDestroyed {
-                bridge: body::<BridgeBody>(text).map_err(malformed)?.bridge,
+                bridge: required(wire.bridge, "bridge").map_err(malformed)?,
             },
             "PlaybackFinished" => Kind::PlaybackFinished {
-                playback: body::<PlaybackBody>(text).map_err(malformed)?.playback,
+                playback: required(wire.playback, "playback").map_err(malformed)?,
             },
             "ApplicationReplaced" => Kind::ApplicationReplaced,
-            // Unknown or untyped kinds: keep the channel when there is one, so the event can
-            // reach that channel's call; a channel field of an unexpected shape is ignored.
+            // Unknown or untyped kinds: keep the channel's id when there is one, so the event
+            // can reach that channel's call; a channel field of an unexpected shape is ignored.
             _ => Kind::Other {
-                channel: body::<MaybeChannel>(text)
-                    .ok()
-                    .and_then(|m| m.channel)
+                channel: wire
+                    .channel
+                    .and_then(|raw| serde_json::from_str::<ChannelId>(raw.get()).ok())
                     .map(|c| Channel {
                         id: c.id,
                         ..Channel::default()
@@ -273,8 +246,8 @@ impl Event {
         };
         Ok(Event {
             kind_name,
-            asterisk_id: envelope.asterisk_id,
-            application: envelope.application,
+            asterisk_id: wire.asterisk_id,
+            application: wire.application,
             kind,
             raw: text.into(),
         })

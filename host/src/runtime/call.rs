@@ -381,7 +381,7 @@ impl Instance {
                 Box::pin(cbs.call_on_playback_finished(store, ctx, &playback))
             }
             Callback::Event(CallEvent::Other { kind, json }) => {
-                Box::pin(cbs.call_on_event(store, ctx, kind, json))
+                Box::pin(cbs.call_on_event(store, ctx, kind, &json[..]))
             }
             Callback::Event(CallEvent::Node(n)) => {
                 node = wit::NodeEvent::from(n.clone());

@@ -117,7 +117,11 @@ pub enum CallEvent {
     /// A playback started by this call finished → `on-playback-finished`.
     PlaybackFinished(PlaybackInfo),
     /// Any other ARI event about the call → `on-event`.
-    Other { kind: String, json: String },
+    /// `json` is shared with the event as the node sent it: no copy per delivery.
+    Other {
+        kind: String,
+        json: std::sync::Arc<str>,
+    },
     /// A node went down or came back → `on-node`.
     Node(NodeEvent),
     /// StasisEnd → `on-end`, then the instance is dropped.
