@@ -20,7 +20,7 @@ fn conf(rig: &Rig) -> std::sync::Arc<stasis_host::runtime::App> {
 
 /// Three callers on one node: one bridge with all of them, and exactly the seed's requests.
 async fn seed_sequence(plugin: &str) {
-    let rig = Rig::start_cached(1, &[("conf", plugin)]).await;
+    let rig = Rig::start(1, &[("conf", plugin)]).await;
     let a = rig.node("a");
     let mut ids = Vec::new();
     for caller in ["Alice", "Bob", "Carol"] {
@@ -66,7 +66,7 @@ async fn seed_sequence(plugin: &str) {
 /// Two bridged callers; `*` toggles each one's mute independently, other keys do nothing.
 /// `toggles` is false for the Rust app, which sends nothing on DTMF.
 async fn star_toggles_mute(plugin: &str, toggles: bool) {
-    let rig = Rig::start_cached(1, &[("conf", plugin)]).await;
+    let rig = Rig::start(1, &[("conf", plugin)]).await;
     let a = rig.node("a");
     let alice = rig.call("a", "Alice", "8000");
     let bob = rig.call("a", "Bob", "8000");

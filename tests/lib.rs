@@ -75,9 +75,7 @@ impl Rig {
             .await
             .expect("host starts");
         for (name, plugin_name) in apps {
-            host.load_app(name, plugin(plugin_name), AppSettings::default())
-                .await
-                .expect("app loads");
+            load_plugin_cached(&host, name, plugin_name).await;
         }
         let rig = Rig { sim, host };
         rig.wait_connected().await;
@@ -148,25 +146,6 @@ pub async fn load_plugin_cached(
         .expect("app loads");
     host.catalog.activate(name, app.clone());
     app
-}
-
-impl Rig {
-    /// [`Rig::start`] with the apps loaded through [`load_plugin_cached`].
-    pub async fn start_cached(nodes: usize, apps: &[(&str, &str)]) -> Rig {
-        let sim = stasis_sim::Cluster::start(sim_config(nodes))
-            .await
-            .expect("simulated cluster");
-        route_trunk_legs(&sim);
-        let host = Gateway::start(host_config(&sim, ""), runtime_config())
-            .await
-            .expect("host starts");
-        for (name, plugin_name) in apps {
-            load_plugin_cached(&host, name, plugin_name).await;
-        }
-        let rig = Rig { sim, host };
-        rig.wait_connected().await;
-        rig
-    }
 }
 
 /// Every node sends calls arriving over the trunk to the host's trunk-leg app with the dialled

@@ -13,11 +13,10 @@
 //! `BENCH_SKIP_RSS=1`, `BENCH_ONLY=conference-py` (one plugin).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use stasis_host::backend::{AriBackend, AriError, BoxFuture, Operation, Origin, Outcome};
-use stasis_host::runtime::testing::{RecordingBackend, plugin_wasm};
+use stasis_host::runtime::testing::{CountingBackend, plugin_wasm};
 use stasis_host::runtime::{
     App, AppSettings, CallContext, CallEvent, ChannelSnapshot, ChannelState, Runtime, RuntimeConfig,
 };
@@ -27,24 +26,6 @@ const PLUGINS: &[(&str, &str)] = &[
     ("Python", "conference-py"),
     ("JavaScript", "conference-js"),
 ];
-
-/// Answers like the recording backend but records nothing, and counts operations.
-#[derive(Default)]
-struct NullBackend {
-    ops: AtomicUsize,
-}
-
-impl AriBackend for NullBackend {
-    fn execute<'a>(
-        &'a self,
-        _origin: &'a Origin,
-        op: Operation,
-    ) -> BoxFuture<'a, Result<Outcome, AriError>> {
-        self.ops.fetch_add(1, Ordering::Relaxed);
-        let outcome = RecordingBackend::default_outcome(&op);
-        Box::pin(async move { outcome })
-    }
-}
 
 fn ctx(id: &str) -> CallContext {
     CallContext {
@@ -92,8 +73,8 @@ fn runtime(live: usize) -> Runtime {
     .expect("runtime")
 }
 
-fn load(rt: &Runtime, artifact: &[u8], live: usize) -> (Arc<App>, Arc<NullBackend>) {
-    let backend = Arc::new(NullBackend::default());
+fn load(rt: &Runtime, artifact: &[u8], live: usize) -> (Arc<App>, Arc<CountingBackend>) {
+    let backend = Arc::new(CountingBackend::default());
     let settings = AppSettings {
         max_live_calls: live + 16,
         ..AppSettings::default()

@@ -11,32 +11,13 @@
 //! Goals: ≤ 50 µs median for instantiate + callback + drop, ≤ 64 KiB per live call.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use stasis_host::backend::{AriBackend, AriError, BoxFuture, Operation, Origin, Outcome};
-use stasis_host::runtime::testing::{RecordingBackend, plugin_wasm, time_callbacks};
+use stasis_host::runtime::testing::{CountingBackend, plugin_wasm, time_callbacks};
 use stasis_host::runtime::{
     App, AppSettings, CallContext, CallEvent, ChannelSnapshot, ChannelState, Runtime, RuntimeConfig,
 };
-
-/// Answers like the recording backend but records nothing, and counts operations.
-#[derive(Default)]
-struct NullBackend {
-    ops: AtomicUsize,
-}
-
-impl AriBackend for NullBackend {
-    fn execute<'a>(
-        &'a self,
-        _origin: &'a Origin,
-        op: Operation,
-    ) -> BoxFuture<'a, Result<Outcome, AriError>> {
-        self.ops.fetch_add(1, Ordering::Relaxed);
-        let outcome = RecordingBackend::default_outcome(&op);
-        Box::pin(async move { outcome })
-    }
-}
 
 fn ctx(app: &str, id: &str) -> CallContext {
     CallContext {
@@ -77,7 +58,7 @@ fn vm_rss_kib() -> u64 {
         .unwrap_or(0)
 }
 
-fn setup(max_instances: u32, plugin: &str) -> (Runtime, Arc<App>, Arc<NullBackend>) {
+fn setup(max_instances: u32, plugin: &str) -> (Runtime, Arc<App>, Arc<CountingBackend>) {
     let rt = Runtime::new(RuntimeConfig {
         max_instances,
         ..RuntimeConfig::default()
@@ -87,7 +68,7 @@ fn setup(max_instances: u32, plugin: &str) -> (Runtime, Arc<App>, Arc<NullBacken
     let t = Instant::now();
     let artifact = rt.compile_blocking(&wasm).expect("compile");
     let compile = t.elapsed();
-    let backend = Arc::new(NullBackend::default());
+    let backend = Arc::new(CountingBackend::default());
     let settings = AppSettings {
         max_live_calls: max_instances as usize,
         ..AppSettings::default()

@@ -14,6 +14,25 @@ use crate::backend::{AriBackend, AriError, BoxFuture, Operation, Origin, Outcome
 type DelayFilter = dyn Fn(&Operation) -> bool + Send + Sync;
 type Responder = dyn Fn(&Origin, &Operation) -> Option<Result<Outcome, AriError>> + Send + Sync;
 
+/// A backend for benchmarks: answers like [`RecordingBackend`]'s defaults, records nothing,
+/// only counts operations (`ops`).
+#[derive(Default)]
+pub struct CountingBackend {
+    pub ops: std::sync::atomic::AtomicUsize,
+}
+
+impl AriBackend for CountingBackend {
+    fn execute<'a>(
+        &'a self,
+        _origin: &'a Origin,
+        op: Operation,
+    ) -> BoxFuture<'a, Result<Outcome, AriError>> {
+        self.ops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let outcome = RecordingBackend::default_outcome(&op);
+        Box::pin(async move { outcome })
+    }
+}
+
 /// A backend that records every operation and answers with scripted outcomes.
 ///
 /// Default outcomes: `Value(id)` for id-returning operations (the bridge id, the runtime's
