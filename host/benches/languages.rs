@@ -16,32 +16,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use stasis_host::runtime::testing::{CountingBackend, plugin_wasm};
-use stasis_host::runtime::{
-    App, AppSettings, CallContext, CallEvent, ChannelSnapshot, ChannelState, Runtime, RuntimeConfig,
-};
+use stasis_host::runtime::testing::{CountingBackend, inbound_call, plugin_wasm};
+use stasis_host::runtime::{App, AppSettings, CallEvent, Runtime, RuntimeConfig};
 
 const PLUGINS: &[(&str, &str)] = &[
     ("Rust", "conference"),
     ("Python", "conference-py"),
     ("JavaScript", "conference-js"),
 ];
-
-fn ctx(id: &str) -> CallContext {
-    CallContext {
-        app: "conf".into(),
-        node: "02:00:00:00:00:0a".into(),
-        channel: ChannelSnapshot {
-            id: id.into(),
-            name: format!("PJSIP/alice-{id}"),
-            state: ChannelState::Ring,
-            context: "default".into(),
-            exten: "8000".into(),
-            ..ChannelSnapshot::default()
-        },
-        args: vec![],
-    }
-}
 
 fn env_usize(name: &str, default: usize) -> usize {
     std::env::var(name)
@@ -106,14 +88,17 @@ fn rss_child(path: &str, n: usize) {
         .unwrap();
     exec.block_on(async {
         for i in 0..8 {
-            app.run_call(ctx(&format!("warm-{i}")), vec![])
+            app.run_call(inbound_call("conf", &format!("warm-{i}")), vec![])
                 .await
                 .unwrap();
         }
         let ops_before = backend.ops.load(Ordering::Relaxed);
         let before = vm_rss_kib();
         let calls: Vec<_> = (0..n)
-            .map(|i| app.start_call(ctx(&format!("c-{i}"))).unwrap())
+            .map(|i| {
+                app.start_call(inbound_call("conf", &format!("c-{i}")))
+                    .unwrap()
+            })
             .collect();
         // on-start makes two requests (get-or-create-bridge, answer): wait for every call.
         let deadline = Instant::now() + Duration::from_secs(120);
@@ -191,11 +176,13 @@ fn main() {
             .unwrap();
         let mut d = exec.block_on(async {
             for i in 0..iters.min(50) {
-                app.run_call(ctx(&format!("w-{i}")), vec![]).await.unwrap();
+                app.run_call(inbound_call("conf", &format!("w-{i}")), vec![])
+                    .await
+                    .unwrap();
             }
             let mut d = Vec::with_capacity(iters);
             for i in 0..iters {
-                let c = ctx(&format!("i-{i}"));
+                let c = inbound_call("conf", &format!("i-{i}"));
                 let t = Instant::now();
                 let r = app.run_call(c, vec![]).await.unwrap();
                 d.push(t.elapsed());

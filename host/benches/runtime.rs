@@ -14,26 +14,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use stasis_host::runtime::testing::{CountingBackend, plugin_wasm, time_callbacks};
-use stasis_host::runtime::{
-    App, AppSettings, CallContext, CallEvent, ChannelSnapshot, ChannelState, Runtime, RuntimeConfig,
-};
-
-fn ctx(app: &str, id: &str) -> CallContext {
-    CallContext {
-        app: app.into(),
-        node: "02:00:00:00:00:0a".into(),
-        channel: ChannelSnapshot {
-            id: id.into(),
-            name: format!("PJSIP/alice-{id}"),
-            state: ChannelState::Ring,
-            context: "default".into(),
-            exten: "8000".into(),
-            ..ChannelSnapshot::default()
-        },
-        args: vec![],
-    }
-}
+use stasis_host::runtime::testing::{CountingBackend, inbound_call, plugin_wasm, time_callbacks};
+use stasis_host::runtime::{App, AppSettings, CallEvent, Runtime, RuntimeConfig};
 
 fn stats(mut d: Vec<Duration>) -> (Duration, Duration) {
     d.sort();
@@ -100,7 +82,7 @@ fn rss_child(n: usize) {
     exec.block_on(async {
         // Warm up allocator and pool with a few calls, then measure.
         for i in 0..16 {
-            app.run_call(ctx("conference", &format!("warm-{i}")), vec![])
+            app.run_call(inbound_call("conference", &format!("warm-{i}")), vec![])
                 .await
                 .unwrap();
         }
@@ -109,7 +91,7 @@ fn rss_child(n: usize) {
         let t = Instant::now();
         let calls: Vec<_> = (0..n)
             .map(|i| {
-                app.start_call(ctx("conference", &format!("c-{i}")))
+                app.start_call(inbound_call("conference", &format!("c-{i}")))
                     .unwrap()
             })
             .collect();
@@ -157,13 +139,13 @@ fn main() {
     exec.block_on(async {
         // Instantiate + on-start + drop, inline (no task, no queue).
         for i in 0..1_000 {
-            conf.run_call(ctx("conference", &format!("w-{i}")), vec![])
+            conf.run_call(inbound_call("conference", &format!("w-{i}")), vec![])
                 .await
                 .unwrap();
         }
         let mut d = Vec::with_capacity(iters);
         for i in 0..iters {
-            let c = ctx("conference", &format!("i-{i}"));
+            let c = inbound_call("conference", &format!("i-{i}"));
             let t = Instant::now();
             let r = conf.run_call(c, vec![]).await.unwrap();
             d.push(t.elapsed());
@@ -179,7 +161,7 @@ fn main() {
         // The whole call through the public API: start_call → on-start → End → on-end → finished.
         let mut d = Vec::with_capacity(iters);
         for i in 0..iters {
-            let c = ctx("conference", &format!("l-{i}"));
+            let c = inbound_call("conference", &format!("l-{i}"));
             let t = Instant::now();
             let h = conf.start_call(c).unwrap();
             h.deliver(CallEvent::End, None);
@@ -195,7 +177,7 @@ fn main() {
         );
 
         // One callback that makes exactly one import: conference on-up → bridge-add.
-        let times = time_callbacks(&conf, ctx("conference", "rt-1"), CallEvent::Up, iters)
+        let times = time_callbacks(&conf, inbound_call("conference", "rt-1"), CallEvent::Up, iters)
             .await
             .unwrap();
         let (m, p) = stats(times);
@@ -206,7 +188,7 @@ fn main() {
         );
         // The probe's on-up makes two kv imports (get + set of its trace line); its trace
         // grows with each run, so keep the run short.
-        let times = time_callbacks(&probe, ctx("probe", "rt-2"), CallEvent::Up, 200)
+        let times = time_callbacks(&probe, inbound_call("probe", "rt-2"), CallEvent::Up, 200)
             .await
             .unwrap();
         let (m, p) = stats(times);

@@ -14,6 +14,25 @@ use crate::backend::{AriBackend, AriError, BoxFuture, Operation, Origin, Outcome
 type DelayFilter = dyn Fn(&Operation) -> bool + Send + Sync;
 type Responder = dyn Fn(&Origin, &Operation) -> Option<Result<Outcome, AriError>> + Send + Sync;
 
+/// The context of a fresh inbound call to exten 8000 on node `02:00:00:00:00:0a`, for
+/// benchmarks that start calls without a node.
+pub fn inbound_call(app: &str, id: &str) -> crate::runtime::CallContext {
+    use crate::runtime::{CallContext, ChannelSnapshot, ChannelState};
+    CallContext {
+        app: app.into(),
+        node: "02:00:00:00:00:0a".into(),
+        channel: ChannelSnapshot {
+            id: id.into(),
+            name: format!("PJSIP/alice-{id}"),
+            state: ChannelState::Ring,
+            context: "default".into(),
+            exten: "8000".into(),
+            ..ChannelSnapshot::default()
+        },
+        args: vec![],
+    }
+}
+
 /// A backend for benchmarks: answers like [`RecordingBackend`]'s defaults, records nothing,
 /// only counts operations (`ops`).
 #[derive(Default)]
