@@ -37,6 +37,10 @@ pub enum Intake {
     /// One ARI websocket per node (`/ari/events`).
     #[default]
     Websocket,
+    /// The node forwards Stasis events to RabbitMQ (Wazo's `res_stasis_amqp`); the host
+    /// consumes them from the broker in `[amqp]` and registers its apps on the node with
+    /// `POST /ari/amqp/{app}`.
+    Amqp,
 }
 
 /// One Asterisk node.
@@ -181,6 +185,52 @@ impl Default for Store {
     }
 }
 
+/// The RabbitMQ broker: where `intake = "amqp"` nodes publish their Stasis events, and what
+/// host replicas share (the event queue, the stream of app versions).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Amqp {
+    /// `amqp://user:password@host:port/vhost` (vhost `/` is `%2f`). Keep the password in
+    /// the environment: `STASIS_AMQP__URL`.
+    pub url: String,
+    /// The topic exchange the nodes publish to (`exchange` in the nodes' `amqp.conf` /
+    /// `stasis_amqp.conf`). The host declares it durable before any node publishes.
+    pub exchange: String,
+    /// The durable queue the host consumes events from. Every replica consumes the same
+    /// queue; RabbitMQ's single-active-consumer gives the events to one replica at a time.
+    pub queue: String,
+    /// Events in flight (delivered, not yet handled and acknowledged) per replica.
+    pub prefetch: u16,
+    /// Register the apps on AMQP nodes with `POST /ari/amqp/{app}` (and again whenever a
+    /// node restarts). Turn off where something else registers them (Wazo's Consul keys).
+    pub register: bool,
+    /// How often the host checks an AMQP node's health (it has no socket to the node).
+    pub poll_ms: u64,
+    /// Durable RabbitMQ stream that carries every uploaded app version to every replica.
+    /// Empty: uploads stay on the replica that received them.
+    pub apps_stream: String,
+}
+
+impl Default for Amqp {
+    fn default() -> Self {
+        Amqp {
+            url: "amqp://guest:guest@127.0.0.1:5672/%2f".into(),
+            exchange: "stasis".into(),
+            queue: "stasis-host.events".into(),
+            prefetch: 256,
+            register: true,
+            poll_ms: 1000,
+            apps_stream: String::new(),
+        }
+    }
+}
+
+impl Amqp {
+    pub fn poll(&self) -> Duration {
+        Duration::from_millis(self.poll_ms)
+    }
+}
+
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -196,6 +246,9 @@ pub struct Config {
     pub store: Store,
     #[serde(default)]
     pub facade: Facade,
+    /// RabbitMQ; required when a node has `intake = "amqp"` or apps are replicated.
+    #[serde(default)]
+    pub amqp: Option<Amqp>,
 }
 
 impl Config {
@@ -292,6 +345,33 @@ impl Config {
                 "facade.username",
                 "the ARI facade (listen.facade) requires facade.username and facade.password (STASIS_FACADE__PASSWORD)",
             ));
+        }
+        let amqp_nodes: Vec<&String> = (self.nodes.iter())
+            .filter(|(_, n)| n.intake == Intake::Amqp)
+            .map(|(name, _)| name)
+            .collect();
+        match &self.amqp {
+            None if !amqp_nodes.is_empty() => {
+                return Err(invalid(
+                    format!("nodes.{}.intake", amqp_nodes[0]),
+                    "intake = \"amqp\" requires an [amqp] section with the broker's url",
+                ));
+            }
+            None => {}
+            Some(amqp) => {
+                amqp.url
+                    .parse::<lapin::uri::AMQPUri>()
+                    .map_err(|e| invalid("amqp.url", e))?;
+                if amqp.exchange.is_empty() || amqp.queue.is_empty() {
+                    return Err(invalid("amqp", "exchange and queue must not be empty"));
+                }
+                if amqp.prefetch == 0 {
+                    return Err(invalid("amqp.prefetch", "must be at least 1"));
+                }
+                if amqp.poll_ms == 0 {
+                    return Err(invalid("amqp.poll_ms", "must be at least 1"));
+                }
+            }
         }
         if self.store.max_upload_bytes == 0 {
             return Err(invalid("store.max_upload_bytes", "must be at least 1"));

@@ -22,7 +22,7 @@ use crate::backend::{AriBackend, Operation, Origin};
 use crate::catalog::Catalog;
 use crate::cluster::{Cluster, Node};
 use crate::conference::{Conferences, Note, TRUNK_APP};
-use crate::event::{self, Event, Kind};
+use crate::event::{self, Event, Kind, Receipt};
 use crate::ingress::Intake;
 use crate::ownership::Ownership;
 use crate::runtime::{
@@ -45,7 +45,13 @@ enum Internal {
     },
     Reconciled {
         node: String,
-        alive: HashSet<String>,
+        /// The node's calls when the listing was asked for: only these may be ended for
+        /// missing from it (a call that started since is simply newer than the listing).
+        known: HashSet<String>,
+        /// `GET /channels` of the node.
+        channels: Vec<event::Channel>,
+        /// Start calls for channels in our apps that the host never heard of.
+        adopt: bool,
     },
     /// From [`DispatchControl::hang_up_app`]: hang up every live call of the app.
     HangUpApp {
@@ -92,6 +98,44 @@ pub struct Dispatch {
     internal_rx: mpsc::UnboundedReceiver<Internal>,
     /// Apps held by ARI facade clients: their events go there, never to a wasm app.
     external: Option<Arc<crate::facade::events::ExternalApps>>,
+    /// Channels that recently left Stasis: a reconcile listing taken before they ended, or
+    /// a StasisStart delivered again, must not bring them back as calls.
+    ended: Recent,
+}
+
+/// The last [`Recent::CAPACITY`] channel ids that ended, oldest forgotten first.
+#[derive(Default)]
+struct Recent {
+    ids: HashSet<String>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Recent {
+    const CAPACITY: usize = 8192;
+
+    fn insert(&mut self, id: &str) {
+        if self.ids.contains(id) {
+            return;
+        }
+        if self.order.len() == Self::CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.ids.remove(&old);
+        }
+        self.ids.insert(id.to_string());
+        self.order.push_back(id.to_string());
+    }
+
+    fn contains(&self, id: &str) -> bool {
+        self.ids.contains(id)
+    }
+
+    /// Forgets `id` (its slot in the order ages out with the others).
+    fn remove(&mut self, id: &str) {
+        if self.ids.remove(id) {
+            self.order.retain(|o| o != id);
+        }
+    }
 }
 
 impl Dispatch {
@@ -117,6 +161,7 @@ impl Dispatch {
             internal_tx,
             internal_rx,
             external: None,
+            ended: Recent::default(),
         }
     }
 
@@ -137,14 +182,17 @@ impl Dispatch {
         loop {
             tokio::select! {
                 message = intake.recv() => match message {
-                    Some(Intake::Event { node, event }) => self.on_event(&node, *event),
+                    Some(Intake::Event { node, event, receipt }) => self.on_event(&node, *event, receipt),
                     Some(Intake::NodeUp(node)) => self.on_node_up(&node),
+                    Some(Intake::Gap(node)) => self.reconcile(&node, true),
                     Some(Intake::NodeDown(node)) => self.on_node_down(&node),
                     None => break,
                 },
                 Some(internal) = self.internal_rx.recv() => match internal {
                     Internal::GraceExpired { node } => self.on_grace_expired(&node),
-                    Internal::Reconciled { node, alive } => self.on_reconciled(&node, &alive),
+                    Internal::Reconciled { node, known, channels, adopt } => {
+                        self.on_reconciled(&node, &known, channels, adopt)
+                    }
                     Internal::HangUpApp { app, done } => {
                         let _ = done.send(self.hang_up_app(&app));
                     }
@@ -156,7 +204,10 @@ impl Dispatch {
         }
     }
 
-    fn on_event(&mut self, node: &Arc<Node>, event: Event) {
+    /// Handles one event. `receipt` goes with the event to the call that handles it (it is
+    /// acknowledged after the callback); an event nobody handles is acknowledged on return.
+    fn on_event(&mut self, node: &Arc<Node>, event: Event, receipt: Option<Receipt>) {
+        let mut receipt = receipt;
         if let Some(channel) = event.channel() {
             // For the latency benchmark: an event reached dispatch (pairs with the router's).
             trace!(target: "stasis::latency", channel = %channel.id, "event");
@@ -177,10 +228,14 @@ impl Dispatch {
             return; // trunk legs are the host's own, never an app's
         }
         match &event.kind {
-            Kind::StasisStart { channel, args } => self.start(node, &event, channel, args),
+            Kind::StasisStart { channel, args } => {
+                // A channel may leave Stasis (continue) and come back under the same id.
+                self.ended.remove(&channel.id);
+                self.start(node, &event.application, &event.asterisk_id, channel, args)
+            }
             Kind::StasisEnd { channel } => {
                 if let Some(call) = self.calls.remove(&channel.id) {
-                    call.handle.deliver(CallEvent::End, Some(snapshot(channel)));
+                    call.handle.deliver_with(CallEvent::End, Some(snapshot(channel)), receipt.take());
                     self.ownership.forget_playbacks_of(&channel.id);
                 }
             }
@@ -188,9 +243,9 @@ impl Dispatch {
                 if let Some(call) = self.calls.get_mut(&channel.id) {
                     if channel.state == "Up" && !call.up {
                         call.up = true;
-                        call.handle.deliver(CallEvent::Up, Some(snapshot(channel)));
+                        call.handle.deliver_with(CallEvent::Up, Some(snapshot(channel)), receipt.take());
                     } else {
-                        call.handle.deliver(other(&event), Some(snapshot(channel)));
+                        call.handle.deliver_with(other(&event), Some(snapshot(channel)), receipt.take());
                     }
                 }
             }
@@ -204,7 +259,7 @@ impl Dispatch {
                         digit: digit.clone(),
                         duration_ms: *duration_ms,
                     };
-                    call.handle.deliver(dtmf, Some(snapshot(channel)));
+                    call.handle.deliver_with(dtmf, Some(snapshot(channel)), receipt.take());
                 }
             }
             Kind::PlaybackFinished { playback } => {
@@ -220,17 +275,16 @@ impl Dispatch {
                     });
                 if let Some(call) = owner.and_then(|c| self.calls.get(&c)) {
                     call.handle
-                        .deliver(CallEvent::PlaybackFinished(playback_info(playback)), None);
+                        .deliver_with(CallEvent::PlaybackFinished(playback_info(playback)), None, receipt.take());
                 }
             }
             Kind::ChannelEnteredBridge { bridge, channel } => {
                 if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
                     // The call joined this bridge: its app may act on it.
                     call.app.grant_bridge(&bridge.id);
-                    call.handle.deliver(
+                    call.handle.deliver_with(
                         bridge_event(&event, bridge, &self.conferences),
-                        channel.as_ref().map(snapshot),
-                    );
+                        channel.as_ref().map(snapshot), receipt.take());
                 }
             }
             // A conference made again under the same id (a late event for a bridge the host
@@ -245,7 +299,7 @@ impl Dispatch {
             }
             Kind::ChannelDestroyed { channel } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    call.handle.deliver(other(&event), Some(snapshot(channel)));
+                    call.handle.deliver_with(other(&event), Some(snapshot(channel)), receipt.take());
                 } else {
                     // An originated channel that never became a call: drop the app's grant.
                     if let Some(app) = self.catalog.get(&event.application) {
@@ -261,15 +315,14 @@ impl Dispatch {
             }
             Kind::ChannelLeftBridge { channel, bridge } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    call.handle.deliver(
+                    call.handle.deliver_with(
                         bridge_event(&event, bridge, &self.conferences),
-                        Some(snapshot(channel)),
-                    );
+                        Some(snapshot(channel)), receipt.take());
                 }
             }
             Kind::Other { channel } => {
                 if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
-                    call.handle.deliver(other(&event), None);
+                    call.handle.deliver_with(other(&event), None, receipt.take());
                 }
             }
         }
@@ -312,12 +365,15 @@ impl Dispatch {
         }
     }
 
-    fn track_ownership(&self, node: &Node, event: &Event) {
+    fn track_ownership(&mut self, node: &Node, event: &Event) {
         match &event.kind {
             // After StasisEnd the app no longer hears about the channel, so ChannelDestroyed
             // may never come: forget it now; the router looks it up again if ever needed.
             Kind::ChannelDestroyed { channel } | Kind::StasisEnd { channel } => {
-                self.ownership.forget_channel(&channel.id)
+                self.ownership.forget_channel(&channel.id);
+                if event.application != TRUNK_APP {
+                    self.ended.insert(&channel.id);
+                }
             }
             _ => {
                 if let Some(channel) = event.channel() {
@@ -327,10 +383,13 @@ impl Dispatch {
         }
     }
 
+    /// Starts a call of `application` for `channel` (a StasisStart, or a channel found in
+    /// Stasis by reconciliation).
     fn start(
         &mut self,
         node: &Arc<Node>,
-        event: &Event,
+        application: &str,
+        event_asterisk_id: &str,
         channel: &event::Channel,
         args: &[String],
     ) {
@@ -340,14 +399,14 @@ impl Dispatch {
         }
         let asterisk_id = node
             .asterisk_id()
-            .unwrap_or_else(|| event.asterisk_id.clone());
-        let Some(app) = self.catalog.get(&event.application) else {
+            .unwrap_or_else(|| event_asterisk_id.to_string());
+        let Some(app) = self.catalog.get(application) else {
             // The app was removed while the node still routed a call to it: let the dialplan
             // carry on rather than leave the caller in silence.
-            warn!(node = %node.name, app = %event.application, channel = %channel.id,
+            warn!(node = %node.name, app = %application, channel = %channel.id,
                 "call for an app that is not loaded: continuing it in the dialplan");
             self.send_for(
-                &event.application,
+                application,
                 &asterisk_id,
                 &channel.id,
                 Operation::Continue {
@@ -360,7 +419,7 @@ impl Dispatch {
             return;
         };
         let ctx = CallContext {
-            app: event.application.clone(),
+            app: application.to_string(),
             node: asterisk_id.clone(),
             channel: snapshot(channel),
             args: args.to_vec(),
@@ -389,10 +448,10 @@ impl Dispatch {
                     StartError::AtCapacity { .. } | StartError::RuntimeFull { .. }
                 )
                 .then(|| "congestion".to_string());
-                warn!(node = %node.name, app = %event.application, channel = %channel.id, error = %e,
+                warn!(node = %node.name, app = %application, channel = %channel.id, error = %e,
                     ?reason, "cannot start the call: hanging up");
                 self.send_for(
-                    &event.application,
+                    application,
                     &asterisk_id,
                     &channel.id,
                     Operation::Hangup {
@@ -433,29 +492,38 @@ impl Dispatch {
     fn on_node_up(&mut self, node: &Arc<Node>) {
         info!(node = %node.name, "node up");
         self.notify_node(node, NodeStatus::Up);
-        if !self.calls.values().any(|c| c.node == node.name) {
-            return;
-        }
-        // The node may have restarted or dropped calls while we were away: ask it.
+        // The node may have restarted, dropped calls or started some while we were away. An
+        // AMQP node's calls are taken over only by the replica that consumes its events
+        // (intake sends a gap when that is this one).
+        let adopt = node.config.intake == crate::config::Intake::Websocket;
+        self.reconcile(node, adopt);
+    }
+
+    /// After any gap in a node's events (its connection dropped, the broker restarted, the
+    /// node restarted) the host cannot trust that it saw every event: it asks the node for
+    /// its channels and compares. Calls whose channel vanished end; channels sitting in one
+    /// of our apps that the host never heard start as calls.
+    fn reconcile(&mut self, node: &Arc<Node>, adopt: bool) {
+        let known: HashSet<String> = (self.calls.iter())
+            .filter(|(_, c)| c.node == node.name)
+            .map(|(id, _)| id.clone())
+            .collect();
         let (node, tx) = (node.clone(), self.internal_tx.clone());
         tokio::spawn(async move {
             match node.client.call(Method::GET, "/channels", &[], None).await {
-                Ok(response) => {
-                    let alive = response
-                        .json()
-                        .as_array()
-                        .map(|channels| {
-                            channels
-                                .iter()
-                                .filter_map(|c| c["id"].as_str().map(str::to_string))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    let _ = tx.send(Internal::Reconciled {
-                        node: node.name.clone(),
-                        alive,
-                    });
-                }
+                Ok(response) => match serde_json::from_value(response.json().clone()) {
+                    Ok(channels) => {
+                        let _ = tx.send(Internal::Reconciled {
+                            node: node.name.clone(),
+                            known,
+                            channels,
+                            adopt,
+                        });
+                    }
+                    Err(e) => {
+                        warn!(node = %node.name, error = %e, "cannot read the channel list to reconcile")
+                    }
+                },
                 Err(e) => warn!(node = %node.name, error = %e, "cannot list channels to reconcile"),
             }
         });
@@ -492,14 +560,48 @@ impl Dispatch {
         self.ownership.forget_node(node);
     }
 
-    fn on_reconciled(&mut self, node: &str, alive: &HashSet<String>) {
-        let ended = self.end_calls(node, |channel| !alive.contains(channel));
+    fn on_reconciled(
+        &mut self,
+        node: &str,
+        known: &HashSet<String>,
+        channels: Vec<event::Channel>,
+        adopt: bool,
+    ) {
+        let alive: HashSet<&str> = channels.iter().map(|c| c.id.as_str()).collect();
+        let ended = self.end_calls(node, |channel| {
+            known.contains(channel) && !alive.contains(channel)
+        });
         if ended > 0 {
             info!(
                 node,
                 calls = ended,
                 "reconciled: calls whose channels vanished are ended"
             );
+        }
+        let Some(node) = self.cluster.node(node).cloned().filter(|_| adopt) else {
+            return;
+        };
+        let mut adopted = 0;
+        for channel in &channels {
+            let Some((app, args)) = channel.dialplan.stasis_app() else {
+                continue;
+            };
+            if app == TRUNK_APP
+                || self.calls.contains_key(&channel.id)
+                || self.ended.contains(&channel.id)
+                || self.catalog.get(app).is_none()
+            {
+                continue;
+            }
+            self.ownership.record_channel(&channel.id, &node.name);
+            info!(node = %node.name, app, channel = %channel.id,
+                "reconciled: a call whose StasisStart never arrived starts now");
+            let app = app.to_string();
+            self.start(&node, &app, "", channel, &args);
+            adopted += 1;
+        }
+        if adopted > 0 {
+            info!(node = %node.name, calls = adopted, "reconciled: calls taken over");
         }
     }
 

@@ -42,6 +42,26 @@ pub struct Dialplan {
     pub context: String,
     #[serde(default)]
     pub exten: String,
+    /// The dialplan application the channel is in: `Stasis` while it is in an ARI app.
+    #[serde(default)]
+    pub app_name: String,
+    /// Its arguments: for `Stasis`, `app[,arg…]`.
+    #[serde(default)]
+    pub app_data: String,
+}
+
+impl Dialplan {
+    /// The ARI app and arguments of a channel sitting in `Stasis(app,arg…)`, as a listing
+    /// of `GET /channels` shows it. How reconciliation finds calls whose StasisStart it never
+    /// received.
+    pub fn stasis_app(&self) -> Option<(&str, Vec<String>)> {
+        if self.app_name != "Stasis" {
+            return None;
+        }
+        let mut fields = self.app_data.split(',');
+        let app = fields.next().filter(|a| !a.is_empty())?;
+        Some((app, fields.map(str::to_string).collect()))
+    }
 }
 
 /// A channel as events carry it (`Channel`).
@@ -184,7 +204,38 @@ fn required<T: serde::de::DeserializeOwned>(
     serde_json::from_str(raw.ok_or_else(|| missing(field))?.get())
 }
 
+/// The body of a message from Asterisk's AMQP module: either the module's envelope
+/// `{"name", "data": <event>, "application"}` or the bare event (an older form).
+#[derive(Deserialize)]
+struct AmqpBody<'a> {
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+    #[serde(default)]
+    application: Option<String>,
+}
+
 impl Event {
+    /// Parses the body of an AMQP message in either of the two forms Asterisk's AMQP
+    /// modules publish (see `ARI-NOTES.md`). `application` comes from the envelope or the
+    /// `application_name` header when the event itself lacks it.
+    pub fn parse_amqp(body: &[u8], header_app: Option<&str>) -> Result<Event, EventError> {
+        let text = std::str::from_utf8(body).map_err(|e| {
+            EventError::NotJson(serde::de::Error::custom(format!("body is not UTF-8: {e}")))
+        })?;
+        let envelope: AmqpBody = serde_json::from_str(text).map_err(EventError::NotJson)?;
+        let mut event = match envelope.data {
+            Some(data) => Event::parse(data.get())?,
+            None => Event::parse(text)?,
+        };
+        if event.application.is_empty() {
+            event.application = envelope
+                .application
+                .or_else(|| header_app.map(str::to_string))
+                .unwrap_or_default();
+        }
+        Ok(event)
+    }
+
     /// Parses one websocket message (or AMQP `data` object).
     pub fn parse(text: &str) -> Result<Event, EventError> {
         let wire: Wire = serde_json::from_str(text).map_err(EventError::NotJson)?;
@@ -272,6 +323,32 @@ impl Event {
     }
 }
 
+/// Acknowledges an event to its source when dropped, that is once the host is done with it:
+/// after the call's callback ran, or as soon as dispatch finds nothing to deliver it to.
+/// An AMQP delivery is acked this way, so an event the host never finished handling (the
+/// process died, the broker connection dropped) is redelivered. Websocket events have none.
+pub struct Receipt(Option<Box<dyn FnOnce() + Send + Sync>>);
+
+impl Receipt {
+    pub fn new(on_handled: impl FnOnce() + Send + Sync + 'static) -> Receipt {
+        Receipt(Some(Box::new(on_handled)))
+    }
+}
+
+impl Drop for Receipt {
+    fn drop(&mut self) {
+        if let Some(on_handled) = self.0.take() {
+            on_handled();
+        }
+    }
+}
+
+impl std::fmt::Debug for Receipt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Receipt")
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,5 +432,54 @@ mod tests {
         let b = Event::parse(r#"{"type":"BridgeDestroyed","bridge":{"id":"conf","channels":[]}}"#)
             .unwrap();
         assert!(matches!(b.kind, Kind::BridgeDestroyed { ref bridge } if bridge.id == "conf"));
+    }
+
+    #[test]
+    fn amqp_envelope_and_bare_bodies_give_the_same_event() {
+        let envelope = format!(r#"{{"name":"StasisStart","data":{START},"application":"conf"}}"#);
+        let a = Event::parse_amqp(envelope.as_bytes(), Some("conf")).unwrap();
+        let b = Event::parse_amqp(START.as_bytes(), None).unwrap();
+        assert_eq!(a.kind, b.kind);
+        assert_eq!(&*a.raw, START, "the event JSON is the `data` object, unchanged");
+        assert_eq!(a.asterisk_id, "02:00:00:00:00:0a");
+        // An event without `application` takes the envelope's, then the header's.
+        let bare = r#"{"type":"ChannelVarset","variable":"X","value":"1","asterisk_id":"i"}"#;
+        let wrapped = format!(r#"{{"name":"ChannelVarset","data":{bare},"application":"ivr"}}"#);
+        assert_eq!(
+            Event::parse_amqp(wrapped.as_bytes(), None)
+                .unwrap()
+                .application,
+            "ivr"
+        );
+        assert_eq!(
+            Event::parse_amqp(bare.as_bytes(), Some("conf"))
+                .unwrap()
+                .application,
+            "conf"
+        );
+        assert!(Event::parse_amqp(b"\xff\xfe", None).is_err());
+        assert!(Event::parse_amqp(br#"{"name":"x","data":{}}"#, None).is_err());
+    }
+
+    #[test]
+    fn stasis_app_reads_app_and_args_from_the_dialplan() {
+        let e = Event::parse(START).unwrap();
+        let channel = e.channel().unwrap();
+        assert_eq!(channel.dialplan.stasis_app(), Some(("conf", vec![])));
+        let d = Dialplan {
+            app_name: "Stasis".into(),
+            app_data: "conf,outbound,1".into(),
+            ..Dialplan::default()
+        };
+        assert_eq!(
+            d.stasis_app(),
+            Some(("conf", vec!["outbound".to_string(), "1".to_string()]))
+        );
+        let dialing = Dialplan {
+            app_name: "AppDial2".into(),
+            app_data: "(Outgoing Line)".into(),
+            ..Dialplan::default()
+        };
+        assert_eq!(dialing.stasis_app(), None);
     }
 }

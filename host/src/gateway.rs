@@ -15,7 +15,8 @@ use crate::backend::AriBackend;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::conference::Conferences;
-use crate::config::{AppConfig, Config, OnFault};
+use crate::amqp;
+use crate::config::{AppConfig, Config, Intake, OnFault};
 use crate::dispatch::{Dispatch, DispatchControl};
 use crate::facade::events::{ExternalApps, merged_names};
 use crate::ingress;
@@ -102,13 +103,41 @@ impl Gateway {
         // One subscription set per node: the wasm apps' names and the facade clients'.
         let (names, merge_task) = merged_names(catalog.watch_names(), external.watch_names());
         tasks.push(merge_task);
+        let max_reconnect = config.limits.max_reconnect();
+        let (declared_tx, declared) = tokio::sync::watch::channel(0);
+        let (gaps_tx, gaps) = mpsc::unbounded_channel();
         for node in cluster.nodes() {
-            tasks.push(tokio::spawn(ingress::run_node(
-                node.clone(),
+            let task = match (&config.amqp, node.config.intake) {
+                (Some(amqp), Intake::Amqp) => tokio::spawn(amqp::run_node(
+                    node.clone(),
+                    cluster.clone(),
+                    amqp.clone(),
+                    names.clone(),
+                    declared.clone(),
+                    tx.clone(),
+                    gaps_tx.clone(),
+                    max_reconnect,
+                )),
+                _ => tokio::spawn(ingress::run_node(
+                    node.clone(),
+                    cluster.clone(),
+                    names.clone(),
+                    tx.clone(),
+                    max_reconnect,
+                )),
+            };
+            tasks.push(task);
+        }
+        let amqp_nodes = cluster.nodes().any(|n| n.config.intake == Intake::Amqp);
+        if let Some(amqp) = config.amqp.as_ref().filter(|_| amqp_nodes) {
+            tasks.push(tokio::spawn(amqp::run_broker(
+                amqp.clone(),
                 cluster.clone(),
                 names.clone(),
                 tx.clone(),
-                config.limits.max_reconnect(),
+                declared_tx,
+                gaps,
+                max_reconnect,
             )));
         }
         let gateway = Gateway {

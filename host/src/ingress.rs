@@ -25,17 +25,24 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
 use crate::cluster::{Cluster, Health, Node};
-use crate::event::Event;
+use crate::event::{Event, Receipt};
 
 /// What intake tells dispatch, per node, in order.
 #[derive(Debug)]
 pub enum Intake {
-    /// An event from a node.
-    Event { node: Arc<Node>, event: Box<Event> },
+    /// An event from a node, with what acknowledges it once handled (AMQP).
+    Event {
+        node: Arc<Node>,
+        event: Box<Event>,
+        receipt: Option<Receipt>,
+    },
     /// The node's event connection is live (again).
     NodeUp(Arc<Node>),
     /// The node's event connection dropped.
     NodeDown(Arc<Node>),
+    /// Some of the node's events may have been lost (broker restart, node restart) while
+    /// the node itself stayed up: dispatch reconciles with it.
+    Gap(Arc<Node>),
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
@@ -186,7 +193,7 @@ async fn pump(
                 match message {
                     Some(Ok(Message::Text(text))) => match Event::parse(text.as_str()) {
                         Ok(event) => {
-                            if tx.send(Intake::Event { node: node.clone(), event: Box::new(event) }).await.is_err() {
+                            if tx.send(Intake::Event { node: node.clone(), event: Box::new(event), receipt: None }).await.is_err() {
                                 return "host shutting down".into();
                             }
                         }
@@ -245,6 +252,7 @@ async fn drain_then_close(node: &Arc<Node>, old: &mut Socket, tx: &mpsc::Sender<
                 .send(Intake::Event {
                     node: node.clone(),
                     event: Box::new(event),
+                    receipt: None,
                 })
                 .await;
         }

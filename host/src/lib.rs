@@ -4,6 +4,7 @@
 //! See ARCHITECTURE.md at the repository root for the map of the code.
 
 pub mod admin;
+pub mod amqp;
 pub mod admin_client;
 pub mod apps;
 pub mod ari_client;

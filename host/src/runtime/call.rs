@@ -75,6 +75,8 @@ pub struct CallReport {
 struct Msg {
     event: CallEvent,
     snapshot: Option<ChannelSnapshot>,
+    /// Acknowledges the event to its source once its callback has run.
+    receipt: Option<crate::event::Receipt>,
 }
 
 /// A live call. Cheap to clone.
@@ -104,7 +106,22 @@ impl CallHandle {
     /// event (what the guest's context shows from now on); `None` keeps the previous one.
     /// Events for a call that has finished are discarded (DEBUG log).
     pub fn deliver(&self, event: CallEvent, snapshot: Option<ChannelSnapshot>) {
-        if let Err(e) = self.tx.send(Box::new(Msg { event, snapshot })) {
+        self.deliver_with(event, snapshot, None);
+    }
+
+    /// [`CallHandle::deliver`], with a receipt dropped (the event acknowledged) once the
+    /// event's callback has run, or at once if the call has finished.
+    pub fn deliver_with(
+        &self,
+        event: CallEvent,
+        snapshot: Option<ChannelSnapshot>,
+        receipt: Option<crate::event::Receipt>,
+    ) {
+        if let Err(e) = self.tx.send(Box::new(Msg {
+            event,
+            snapshot,
+            receipt,
+        })) {
             tracing::debug!(call = %self.channel, event = e.0.event.callback_name(),
                 "event for a finished call discarded");
         }
@@ -272,6 +289,7 @@ pub(crate) async fn run_inline(
         let _ = tx.send(Box::new(Msg {
             event,
             snapshot: None,
+            receipt: None,
         }));
     }
     drop(tx);
@@ -443,6 +461,10 @@ async fn drive(
                 break;
             }
             report.callbacks_run += 1;
+            // Handled: acknowledge now, not when the next event replaces this one.
+            if let Some(m) = next.as_mut() {
+                m.receipt.take();
+            }
             if next.as_ref().is_some_and(|m| m.event == CallEvent::End) {
                 report.ended = true;
                 break;

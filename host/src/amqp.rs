@@ -1,0 +1,602 @@
+//! AMQP intake: the Stasis events that nodes forward to RabbitMQ (Wazo's `res_stasis_amqp`),
+//! for nodes configured with `intake = "amqp"`.
+//!
+//! Two kinds of task, both feeding dispatch through the same [`Intake`] queue as the
+//! websockets:
+//! - **the broker session** ([`run_broker`]): declares the nodes' exchange (a durable topic)
+//!   and the host's durable event queue, binds `stasis.app.<app>` for every app, and consumes.
+//!   The exchange is declared before any node is told to publish, because Asterisk's AMQP
+//!   module silently drops every event, for good, once it has published to a missing
+//!   exchange.
+//! - **one task per AMQP node** ([`run_node`]): there is no socket to the node, so it
+//!   identifies the node, registers the apps on it (`POST /ari/amqp/{app}`), and then polls
+//!   `GET /asterisk/info` for health. A changed `startup_time` means the node restarted and
+//!   lost its registrations: they are made again.
+//!
+//! Delivery is at least once, end to end. A message is acknowledged only when the host is
+//! done with its event (a [`Receipt`] travels with the event to the call and is dropped after
+//! the callback). What is not acknowledged when the connection drops is redelivered; the
+//! session remembers the fingerprints of recent events, so a redelivered event that was
+//! already handled is acknowledged and skipped rather than handled twice.
+//!
+//! The node side is lossy (events published while the broker is down are gone), so after
+//! every gap the host reconciles with the nodes over REST: on (re)gaining the queue and when
+//! a node restarts, dispatch compares its calls with each node's channels.
+//!
+//! The queue is single-active-consumer: several host replicas may consume it, RabbitMQ gives
+//! every event to exactly one of them, in order, and moves the queue to another replica when
+//! that one goes away. A replica learns it became the active one from its first delivery,
+//! and only then reconciles (which takes over the calls the previous replica left).
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
+    QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use reqwest::Method;
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, error, info, warn};
+
+use crate::cluster::{Cluster, Health, Node};
+use crate::conference::TRUNK_APP;
+use crate::config::{Amqp, Intake as IntakeMode};
+use crate::event::{Event, Receipt};
+use crate::ingress::Intake;
+
+/// Why a broker session ended.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("broker: {0}")]
+    Broker(#[from] lapin::Error),
+    #[error("the broker cancelled the host's consumer")]
+    Cancelled,
+    #[error("host shutting down")]
+    Shutdown,
+}
+
+/// The routing key Asterisk's AMQP module publishes an app's events with.
+pub fn routing_key(app: &str) -> String {
+    format!("stasis.app.{}", app.to_lowercase())
+}
+
+/// What the broker session tells the node tasks: how many times the exchange and queue have
+/// been declared (0: not yet; nodes must not publish before).
+pub type Declared = watch::Receiver<u64>;
+
+/// Runs broker sessions for ever, reconnecting with backoff. `gaps` receives nodes whose
+/// events may have been lost; they are reconciled while this replica is the active consumer.
+pub async fn run_broker(
+    config: Amqp,
+    cluster: Arc<Cluster>,
+    mut apps: watch::Receiver<Vec<String>>,
+    tx: mpsc::Sender<Intake>,
+    declared: watch::Sender<u64>,
+    mut gaps: mpsc::UnboundedReceiver<Arc<Node>>,
+    max_reconnect: Duration,
+) {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max_reconnect)
+        .with_jitter()
+        .without_max_times();
+    let mut delays = backoff.build();
+    let mut seen = Seen::default();
+    loop {
+        let mut session = Session {
+            config: &config,
+            cluster: &cluster,
+            tx: &tx,
+            seen: &mut seen,
+            active: false,
+            consuming: false,
+        };
+        let result = session.run(&mut apps, &declared, &mut gaps).await;
+        if session.consuming {
+            // The broker was there: start over from the shortest delay.
+            delays = backoff.build();
+        }
+        match result {
+            Err(AmqpError::Shutdown) => return,
+            Err(e) => warn!(broker = %redact(&config.url), error = %e, "AMQP intake lost; reconnecting"),
+            Ok(()) => {}
+        }
+        let delay = delays.next().unwrap_or(max_reconnect);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+/// One connection to the broker, from declaration to the first error.
+struct Session<'a> {
+    config: &'a Amqp,
+    cluster: &'a Cluster,
+    tx: &'a mpsc::Sender<Intake>,
+    seen: &'a mut Seen,
+    /// Whether this replica has received a delivery in this session, i.e. is the queue's
+    /// active consumer.
+    active: bool,
+    /// Whether the session got as far as consuming.
+    consuming: bool,
+}
+
+impl Session<'_> {
+    async fn run(
+        &mut self,
+        apps: &mut watch::Receiver<Vec<String>>,
+        declared: &watch::Sender<u64>,
+        gaps: &mut mpsc::UnboundedReceiver<Arc<Node>>,
+    ) -> Result<(), AmqpError> {
+        let properties =
+            ConnectionProperties::default().with_connection_name("stasis-host intake".into());
+        let connection = Connection::connect(&self.config.url, properties).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .exchange_declare(
+                self.config.exchange.as_str().into(),
+                ExchangeKind::Topic,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..ExchangeDeclareOptions::default()
+                },
+                FieldTable::default(),
+            )
+            .await?;
+        let mut arguments = FieldTable::default();
+        arguments.insert("x-single-active-consumer".into(), AMQPValue::Boolean(true));
+        channel
+            .queue_declare(
+                self.config.queue.as_str().into(),
+                QueueDeclareOptions {
+                    durable: true,
+                    ..QueueDeclareOptions::default()
+                },
+                arguments,
+            )
+            .await?;
+        let mut bound = HashSet::new();
+        let names = apps.borrow_and_update().clone();
+        self.bind(&channel, &mut bound, &names).await?;
+        channel
+            .basic_qos(self.config.prefetch, BasicQosOptions::default())
+            .await?;
+        let mut consumer = channel
+            .basic_consume(
+                self.config.queue.as_str().into(),
+                "".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        declared.send_modify(|n| *n += 1);
+        self.consuming = true;
+        info!(broker = %redact(&self.config.url), exchange = %self.config.exchange,
+            queue = %self.config.queue, "AMQP intake consuming");
+
+        // Acks go out in the order the calls finish with their events, from one task.
+        let (acks, mut to_ack) = mpsc::unbounded_channel::<lapin::Acker>();
+        let acker = tokio::spawn(async move {
+            while let Some(delivery) = to_ack.recv().await {
+                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
+                    debug!(error = %e, "ack failed; the broker will redeliver");
+                }
+            }
+        });
+        let _stop_acker = AbortOnDrop(acker);
+
+        loop {
+            tokio::select! {
+                delivery = consumer.next() => match delivery {
+                    Some(Ok(delivery)) => self.on_delivery(delivery, &acks).await?,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(AmqpError::Cancelled),
+                },
+                changed = apps.changed() => {
+                    if changed.is_err() {
+                        return Err(AmqpError::Shutdown);
+                    }
+                    let names = apps.borrow_and_update().clone();
+                    self.bind(&channel, &mut bound, &names).await?;
+                }
+                Some(node) = gaps.recv() => {
+                    if self.active {
+                        self.send(Intake::Gap(node)).await?;
+                    }
+                }
+                _ = self.tx.closed() => return Err(AmqpError::Shutdown),
+            }
+        }
+    }
+
+    /// Binds the routing keys of apps not bound yet. Keys are never unbound: a deleted app
+    /// still drains its calls, and their StasisEnd must arrive.
+    async fn bind(
+        &self,
+        channel: &lapin::Channel,
+        bound: &mut HashSet<String>,
+        names: &[String],
+    ) -> Result<(), AmqpError> {
+        for name in names.iter().map(String::as_str).chain([TRUNK_APP]) {
+            let key = routing_key(name);
+            if bound.contains(&key) {
+                continue;
+            }
+            channel
+                .queue_bind(
+                    self.config.queue.as_str().into(),
+                    self.config.exchange.as_str().into(),
+                    key.as_str().into(),
+                    QueueBindOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            debug!(key, "bound");
+            bound.insert(key);
+        }
+        Ok(())
+    }
+
+    async fn on_delivery(
+        &mut self,
+        delivery: lapin::message::Delivery,
+        acks: &mpsc::UnboundedSender<lapin::Acker>,
+    ) -> Result<(), AmqpError> {
+        if !self.active {
+            // The queue is ours now (the first replica, or the previous one went away):
+            // catch up with whatever happened while nobody, or somebody else, consumed.
+            self.active = true;
+            info!("this replica is the active consumer of the event queue: reconciling");
+            for node in self.cluster.nodes() {
+                if node.config.intake == IntakeMode::Amqp && node.is_up() {
+                    self.send(Intake::Gap(node.clone())).await?;
+                }
+            }
+        }
+        let fingerprint = fingerprint(&delivery.data);
+        if delivery.redelivered && self.seen.contains(fingerprint) {
+            debug!("redelivered event already handled: acknowledged, skipped");
+            let _ = acks.send(delivery.acker);
+            return Ok(());
+        }
+        let header_app = application_header(&delivery);
+        let event = match Event::parse_amqp(&delivery.data, header_app.as_deref()) {
+            Ok(event) => event,
+            Err(e) => {
+                let sample: String = String::from_utf8_lossy(&delivery.data)
+                    .chars()
+                    .take(200)
+                    .collect();
+                warn!(routing_key = %delivery.routing_key, error = %e, event = %sample,
+                    "skipping malformed AMQP event");
+                let _ = acks.send(delivery.acker);
+                return Ok(());
+            }
+        };
+        let Some(node) = self.cluster.by_asterisk_id(&event.asterisk_id).cloned() else {
+            warn!(asterisk_id = %event.asterisk_id, kind = %event.kind_name,
+                "event from a node that is not configured (or not identified yet): skipped");
+            let _ = acks.send(delivery.acker);
+            return Ok(());
+        };
+        self.seen.insert(fingerprint);
+        let (acks, acker) = (acks.clone(), delivery.acker);
+        let receipt = Receipt::new(move || {
+            let _ = acks.send(acker);
+        });
+        self.send(Intake::Event {
+            node,
+            event: Box::new(event),
+            receipt: Some(receipt),
+        })
+        .await
+    }
+
+    async fn send(&self, intake: Intake) -> Result<(), AmqpError> {
+        self.tx.send(intake).await.map_err(|_| AmqpError::Shutdown)
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// The `application_name` header Asterisk's module sets, if any.
+fn application_header(delivery: &lapin::message::Delivery) -> Option<String> {
+    let headers = delivery.properties.headers().as_ref()?;
+    match headers.inner().get("application_name")? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
+        _ => None,
+    }
+}
+
+fn fingerprint(body: &[u8]) -> u64 {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    body.hash(&mut hasher);
+    hasher.finish()
+}
+
+/// Fingerprints of the last [`Seen::CAPACITY`] events handed to dispatch: enough to cover
+/// every delivery that can be in flight (the prefetch) when a connection drops, many times.
+#[derive(Default)]
+struct Seen {
+    set: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Seen {
+    const CAPACITY: usize = 1 << 16;
+
+    fn insert(&mut self, fingerprint: u64) {
+        if !self.set.insert(fingerprint) {
+            return;
+        }
+        self.order.push_back(fingerprint);
+        if self.order.len() > Self::CAPACITY
+            && let Some(old) = self.order.pop_front()
+        {
+            self.set.remove(&old);
+        }
+    }
+
+    fn contains(&self, fingerprint: u64) -> bool {
+        self.set.contains(&fingerprint)
+    }
+}
+
+/// The broker URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.to_string()
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Runs one AMQP node for ever: identify, register the apps, poll health, re-register after
+/// a restart. See the module docs.
+pub async fn run_node(
+    node: Arc<Node>,
+    cluster: Arc<Cluster>,
+    config: Amqp,
+    mut apps: watch::Receiver<Vec<String>>,
+    mut declared: Declared,
+    tx: mpsc::Sender<Intake>,
+    gaps: mpsc::UnboundedSender<Arc<Node>>,
+    max_reconnect: Duration,
+) {
+    let backoff = ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max_reconnect)
+        .with_jitter()
+        .without_max_times();
+    let mut delays = backoff.build();
+    // Nodes publish only to a declared exchange (see the module docs).
+    if declared.wait_for(|n| *n > 0).await.is_err() {
+        return;
+    }
+    loop {
+        match identify(&node, &cluster).await {
+            Ok(mut startup) => {
+                let mut registered = HashSet::new();
+                let names = apps.borrow_and_update().clone();
+                match register(&node, &config, &mut registered, &names).await {
+                    Ok(()) => {
+                        delays = backoff.build();
+                        info!(node = %node.name, apps = ?names, "AMQP node up, apps registered");
+                        node.set_health(Health::Up);
+                        if tx.send(Intake::NodeUp(node.clone())).await.is_err() {
+                            return;
+                        }
+                        let reason = watch_node(
+                            &node,
+                            &cluster,
+                            &config,
+                            &mut apps,
+                            &mut registered,
+                            &mut startup,
+                            &gaps,
+                        )
+                        .await;
+                        warn!(node = %node.name, %reason, "AMQP node lost");
+                        node.set_health(Health::Down);
+                        if tx.send(Intake::NodeDown(node.clone())).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        warn!(node = %node.name, error = %e, "cannot register the apps for AMQP")
+                    }
+                }
+            }
+            Err(NodeError::Duplicate(e)) => {
+                error!(node = %node.name, "{e}");
+                node.set_health(Health::Refused);
+            }
+            Err(e) => {
+                debug!(node = %node.name, error = %e, "node not reachable yet");
+                if node.health() == Health::Up {
+                    node.set_health(Health::Down);
+                }
+            }
+        }
+        let delay = delays.next().unwrap_or(max_reconnect);
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = tx.closed() => return,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+enum NodeError {
+    #[error("cannot identify node: {0}")]
+    Identify(String),
+    #[error(transparent)]
+    Duplicate(#[from] crate::cluster::DuplicateIdentity),
+    #[error("{0}")]
+    Ari(#[from] crate::backend::AriError),
+}
+
+/// Polls the node until it stops answering; returns why.
+async fn watch_node(
+    node: &Arc<Node>,
+    cluster: &Cluster,
+    config: &Amqp,
+    apps: &mut watch::Receiver<Vec<String>>,
+    registered: &mut HashSet<String>,
+    startup: &mut String,
+    gaps: &mpsc::UnboundedSender<Arc<Node>>,
+) -> String {
+    let mut poll = tokio::time::interval(config.poll());
+    poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = poll.tick() => match identify(node, cluster).await {
+                Ok(now) if now != *startup => {
+                    warn!(node = %node.name, "node restarted: registering the apps again");
+                    *startup = now;
+                    registered.clear();
+                    let names = apps.borrow().clone();
+                    if let Err(e) = register(node, config, registered, &names).await {
+                        return format!("cannot register the apps again: {e}");
+                    }
+                    let _ = gaps.send(node.clone());
+                }
+                Ok(_) => {}
+                Err(e) => return e.to_string(),
+            },
+            changed = apps.changed() => {
+                if changed.is_err() {
+                    return "host shutting down".into();
+                }
+                let names = apps.borrow_and_update().clone();
+                if let Err(e) = register(node, config, registered, &names).await {
+                    return format!("cannot register the new app set: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// `GET /asterisk/info`: claims the node's entity id, returns its start-up time.
+async fn identify(node: &Node, cluster: &Cluster) -> Result<String, NodeError> {
+    let info = node
+        .client
+        .call(
+            Method::GET,
+            "/asterisk/info",
+            &[("only".into(), "system,status".into())],
+            None,
+        )
+        .await
+        .map_err(|e| NodeError::Identify(e.to_string()))?
+        .json();
+    let entity_id = info["system"]["entity_id"].as_str().ok_or_else(|| {
+        NodeError::Identify("GET /asterisk/info has no system.entity_id".into())
+    })?;
+    cluster.claim(node, entity_id)?;
+    Ok(info["status"]["startup_time"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}
+
+/// Registers the apps of `names` not registered yet (`POST /ari/amqp/{app}`) and unregisters
+/// those gone from it (`DELETE`), so the node forwards exactly the host's apps.
+async fn register(
+    node: &Node,
+    config: &Amqp,
+    registered: &mut HashSet<String>,
+    names: &[String],
+) -> Result<(), NodeError> {
+    if !config.register {
+        return Ok(());
+    }
+    let wanted: HashSet<String> = names
+        .iter()
+        .cloned()
+        .chain([TRUNK_APP.to_string()])
+        .collect();
+    for app in wanted.difference(registered).cloned().collect::<Vec<_>>() {
+        node.client
+            .call(Method::POST, &amqp_path(&app), &[], None)
+            .await?;
+        registered.insert(app);
+    }
+    for app in registered.difference(&wanted).cloned().collect::<Vec<_>>() {
+        node.client
+            .call(Method::DELETE, &amqp_path(&app), &[], None)
+            .await?;
+        registered.remove(&app);
+    }
+    Ok(())
+}
+
+/// What a path segment escapes: everything but RFC 3986's unreserved characters.
+const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'_')
+    .remove(b'.')
+    .remove(b'~');
+
+fn amqp_path(app: &str) -> String {
+    format!(
+        "/amqp/{}",
+        percent_encoding::utf8_percent_encode(app, SEGMENT)
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn routing_keys_are_lowercased_app_names() {
+        assert_eq!(routing_key("Conf"), "stasis.app.conf");
+        assert_eq!(routing_key(TRUNK_APP), "stasis.app.stasis-trunk");
+    }
+
+    #[test]
+    fn seen_forgets_the_oldest_beyond_capacity() {
+        let mut seen = Seen::default();
+        for n in 0..(Seen::CAPACITY as u64 + 10) {
+            seen.insert(n);
+        }
+        assert!(!seen.contains(0));
+        assert!(!seen.contains(9));
+        assert!(seen.contains(10));
+        assert!(seen.contains(Seen::CAPACITY as u64 + 9));
+        assert_eq!(seen.set.len(), Seen::CAPACITY);
+    }
+
+    #[test]
+    fn app_names_are_escaped_in_registration_paths() {
+        assert_eq!(amqp_path("conf"), "/amqp/conf");
+        assert_eq!(amqp_path(TRUNK_APP), "/amqp/stasis-trunk");
+        assert_eq!(amqp_path("a b/c"), "/amqp/a%20b%2Fc");
+    }
+
+    #[test]
+    fn broker_urls_are_logged_without_password() {
+        assert_eq!(
+            redact("amqp://user:secret@127.0.0.1:5673/%2f"),
+            "amqp://user:***@127.0.0.1:5673/%2f"
+        );
+    }
+}
