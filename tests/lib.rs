@@ -173,11 +173,17 @@ pub async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 }
 
 /// The requests `node` received, as `"METHOD /path?query"`, without the host's own
-/// housekeeping (identification and the event websocket).
+/// housekeeping (identification, the event websocket or AMQP registrations, and the channel
+/// listing it reconciles with whenever it (re)connects).
 pub fn app_requests(node: &NodeHandle) -> Vec<String> {
     node.request_log()
         .into_iter()
-        .filter(|r| !r.path.ends_with("/asterisk/info") && !r.path.ends_with("/events"))
+        .filter(|r| {
+            !r.path.ends_with("/asterisk/info")
+                && !r.path.ends_with("/events")
+                && !r.path.starts_with("/ari/amqp/")
+                && !(r.method == "GET" && r.path == "/ari/channels" && r.query.is_empty())
+        })
         .map(|r| {
             if r.query.is_empty() {
                 format!("{} {}", r.method, r.path)
@@ -240,4 +246,75 @@ impl AdminHost {
         self.server.abort();
         self.host.shutdown();
     }
+}
+
+/// The RabbitMQ broker the AMQP tests use: `scripts/test.sh` starts one on loopback and
+/// exports its URL.
+pub fn amqp_url() -> String {
+    std::env::var("STASIS_TEST_AMQP_URL").expect(
+        "the AMQP tests need RabbitMQ: run them through scripts/test.sh, or set STASIS_TEST_AMQP_URL",
+    )
+}
+
+/// A name (exchange, queue) no other test, in this or another test process, uses.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .subsec_nanos();
+    format!("{prefix}-{}-{n}-{nanos}", std::process::id())
+}
+
+/// Runs `rabbitmqctl` against the test broker's node (`scripts/rabbitmq.sh ctl`, which knows
+/// its cookie and ports); panics if it fails.
+pub fn rabbitmqctl(args: &[&str]) -> String {
+    let out = rabbitmqctl_output(args);
+    assert!(
+        out.status.success(),
+        "rabbitmqctl {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`rabbitmqctl`] without the check, for commands that may fail harmlessly.
+pub fn rabbitmqctl_output(args: &[&str]) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq.sh");
+    std::process::Command::new("bash")
+        .arg(script)
+        .arg("ctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("scripts/rabbitmq.sh runs")
+}
+
+/// Host configuration with every node of `sim` on AMQP intake through `exchange`, consumed
+/// from `queue`, with `extra` TOML appended.
+pub fn amqp_host_config(
+    sim: &stasis_sim::Cluster,
+    url: &str,
+    exchange: &str,
+    queue: &str,
+    extra: &str,
+) -> Config {
+    let (user, pass) = sim.credentials();
+    let mut toml = String::new();
+    for n in sim.nodes() {
+        toml.push_str(&format!(
+            "[nodes.{}]\nari_url = \"{}\"\nusername = \"{user}\"\npassword = \"{pass}\"\nintake = \"amqp\"\n",
+            n.name(),
+            n.ari_url()
+        ));
+    }
+    toml.push_str(
+        "[limits]\nnode_grace_ms = 300\nmax_reconnect_ms = 200\nrequest_timeout_ms = 2000\n",
+    );
+    toml.push_str(&format!(
+        "[amqp]\nurl = \"{url}\"\nexchange = \"{exchange}\"\nqueue = \"{queue}\"\npoll_ms = 100\n"
+    ));
+    toml.push_str(extra);
+    Config::from_toml(&toml).expect("valid test config")
 }

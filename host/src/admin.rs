@@ -78,6 +78,8 @@ impl From<AppsError> for ApiError {
             AppsError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             AppsError::NoEarlierVersion(_) => (StatusCode::CONFLICT, "no_earlier_version"),
             AppsError::NameTaken(_) => (StatusCode::CONFLICT, "name_taken"),
+            AppsError::Stream(_) => (StatusCode::SERVICE_UNAVAILABLE, "stream_unavailable"),
+            AppsError::NotApplied(_) => (StatusCode::GATEWAY_TIMEOUT, "stream_timeout"),
             AppsError::Store(_) | AppsError::Internal(_) => {
                 (StatusCode::INTERNAL_SERVER_ERROR, "internal")
             }

@@ -36,11 +36,11 @@ use std::time::Duration;
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicQosOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Connection, ConnectionProperties, ExchangeKind};
+use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
 use reqwest::Method;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
@@ -61,6 +61,17 @@ pub enum AmqpError {
     #[error("host shutting down")]
     Shutdown,
 }
+
+/// Header of the message a replica puts on the event queue after (re)connecting: the active
+/// consumer reconciles when it arrives.
+const MARKER: &str = "x-stasis-host";
+
+/// After a gap, when the host reconciles again (after the first, immediate reconcile).
+const SETTLE: [Duration; 3] = [
+    Duration::from_secs(1),
+    Duration::from_secs(2),
+    Duration::from_secs(7),
+];
 
 /// The routing key Asterisk's AMQP module publishes an app's events with.
 pub fn routing_key(app: &str) -> String {
@@ -105,7 +116,9 @@ pub async fn run_broker(
         }
         match result {
             Err(AmqpError::Shutdown) => return,
-            Err(e) => warn!(broker = %redact(&config.url), error = %e, "AMQP intake lost; reconnecting"),
+            Err(e) => {
+                warn!(broker = %redact(&config.url), error = %e, "AMQP intake lost; reconnecting")
+            }
             Ok(()) => {}
         }
         let delay = delays.next().unwrap_or(max_reconnect);
@@ -179,6 +192,19 @@ impl Session<'_> {
             .await?;
         declared.send_modify(|n| *n += 1);
         self.consuming = true;
+        // Whichever replica consumes the queue must catch up with what happened while this
+        // one was away; the marker reaches exactly that replica, after the backlog.
+        let mut marker = FieldTable::default();
+        marker.insert(MARKER.into(), AMQPValue::LongString("reconcile".into()));
+        channel
+            .basic_publish(
+                "".into(),
+                self.config.queue.as_str().into(),
+                BasicPublishOptions::default(),
+                b"",
+                BasicProperties::default().with_headers(marker),
+            )
+            .await?;
         info!(broker = %redact(&self.config.url), exchange = %self.config.exchange,
             queue = %self.config.queue, "AMQP intake consuming");
 
@@ -209,7 +235,7 @@ impl Session<'_> {
                 }
                 Some(node) = gaps.recv() => {
                     if self.active {
-                        self.send(Intake::Gap(node)).await?;
+                        self.reconcile(vec![node]).await?;
                     }
                 }
                 _ = self.tx.closed() => return Err(AmqpError::Shutdown),
@@ -250,16 +276,28 @@ impl Session<'_> {
         delivery: lapin::message::Delivery,
         acks: &mpsc::UnboundedSender<lapin::Acker>,
     ) -> Result<(), AmqpError> {
-        if !self.active {
-            // The queue is ours now (the first replica, or the previous one went away):
-            // catch up with whatever happened while nobody, or somebody else, consumed.
-            self.active = true;
-            info!("this replica is the active consumer of the event queue: reconciling");
-            for node in self.cluster.nodes() {
-                if node.config.intake == IntakeMode::Amqp && node.is_up() {
-                    self.send(Intake::Gap(node.clone())).await?;
-                }
+        let is_marker = delivery
+            .properties
+            .headers()
+            .as_ref()
+            .is_some_and(|h| h.inner().contains_key(MARKER));
+        if !self.active || is_marker {
+            // The queue is ours now (the first replica, or the previous one went away), or
+            // a replica has just (re)connected: catch up with whatever happened while
+            // nobody, or somebody else, consumed.
+            if !self.active {
+                info!("this replica is the active consumer of the event queue");
             }
+            self.active = true;
+            let nodes: Vec<Arc<Node>> = (self.cluster.nodes())
+                .filter(|n| n.config.intake == IntakeMode::Amqp && n.is_up())
+                .cloned()
+                .collect();
+            self.reconcile(nodes).await?;
+        }
+        if is_marker {
+            let _ = acks.send(delivery.acker);
+            return Ok(());
         }
         let fingerprint = fingerprint(&delivery.data);
         if delivery.redelivered && self.seen.contains(fingerprint) {
@@ -298,6 +336,27 @@ impl Session<'_> {
             receipt: Some(receipt),
         })
         .await
+    }
+
+    /// Has dispatch reconcile `nodes` now, and again as their publishers settle: each node
+    /// reconnects to the broker at its own pace, dropping events until it has, and the host
+    /// cannot see when.
+    async fn reconcile(&self, nodes: Vec<Arc<Node>>) -> Result<(), AmqpError> {
+        for node in &nodes {
+            self.send(Intake::Gap(node.clone())).await?;
+        }
+        let tx = self.tx.clone();
+        tokio::spawn(async move {
+            for wait in SETTLE {
+                tokio::time::sleep(wait).await;
+                for node in &nodes {
+                    if tx.send(Intake::Gap(node.clone())).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
     }
 
     async fn send(&self, intake: Intake) -> Result<(), AmqpError> {
@@ -392,7 +451,7 @@ pub async fn run_node(
     }
     loop {
         match identify(&node, &cluster).await {
-            Ok(mut startup) => {
+            Ok(startup) => {
                 let mut registered = HashSet::new();
                 let names = apps.borrow_and_update().clone();
                 match register(&node, &config, &mut registered, &names).await {
@@ -403,14 +462,16 @@ pub async fn run_node(
                         if tx.send(Intake::NodeUp(node.clone())).await.is_err() {
                             return;
                         }
+                        // Whatever the node published while it was unreachable (or before
+                        // the host started) may be lost: the active replica reconciles.
+                        let _ = gaps.send(node.clone());
                         let reason = watch_node(
                             &node,
                             &cluster,
                             &config,
                             &mut apps,
                             &mut registered,
-                            &mut startup,
-                            &gaps,
+                            &startup,
                         )
                         .await;
                         warn!(node = %node.name, %reason, "AMQP node lost");
@@ -460,24 +521,17 @@ async fn watch_node(
     config: &Amqp,
     apps: &mut watch::Receiver<Vec<String>>,
     registered: &mut HashSet<String>,
-    startup: &mut String,
-    gaps: &mpsc::UnboundedSender<Arc<Node>>,
+    startup: &str,
 ) -> String {
     let mut poll = tokio::time::interval(config.poll());
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = poll.tick() => match identify(node, cluster).await {
-                Ok(now) if now != *startup => {
-                    warn!(node = %node.name, "node restarted: registering the apps again");
-                    *startup = now;
-                    registered.clear();
-                    let names = apps.borrow().clone();
-                    if let Err(e) = register(node, config, registered, &names).await {
-                        return format!("cannot register the apps again: {e}");
-                    }
-                    let _ = gaps.send(node.clone());
-                }
+                // A restart quicker than the poll: the node lost its registrations, calls
+                // and bridges all the same. Report it down and up again like any restart, so
+                // its calls end and conferences homed there move.
+                Ok(now) if now != startup => return "node restarted (new start-up time)".into(),
                 Ok(_) => {}
                 Err(e) => return e.to_string(),
             },
@@ -507,9 +561,9 @@ async fn identify(node: &Node, cluster: &Cluster) -> Result<String, NodeError> {
         .await
         .map_err(|e| NodeError::Identify(e.to_string()))?
         .json();
-    let entity_id = info["system"]["entity_id"].as_str().ok_or_else(|| {
-        NodeError::Identify("GET /asterisk/info has no system.entity_id".into())
-    })?;
+    let entity_id = info["system"]["entity_id"]
+        .as_str()
+        .ok_or_else(|| NodeError::Identify("GET /asterisk/info has no system.entity_id".into()))?;
     cluster.claim(node, entity_id)?;
     Ok(info["status"]["startup_time"]
         .as_str()

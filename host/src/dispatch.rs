@@ -231,11 +231,22 @@ impl Dispatch {
             Kind::StasisStart { channel, args } => {
                 // A channel may leave Stasis (continue) and come back under the same id.
                 self.ended.remove(&channel.id);
-                self.start(node, &event.application, &event.asterisk_id, channel, args)
+                self.start(
+                    node,
+                    &event.application,
+                    &event.asterisk_id,
+                    channel,
+                    args,
+                    receipt.take(),
+                )
             }
             Kind::StasisEnd { channel } => {
                 if let Some(call) = self.calls.remove(&channel.id) {
-                    call.handle.deliver_with(CallEvent::End, Some(snapshot(channel)), receipt.take());
+                    call.handle.deliver_with(
+                        CallEvent::End,
+                        Some(snapshot(channel)),
+                        receipt.take(),
+                    );
                     self.ownership.forget_playbacks_of(&channel.id);
                 }
             }
@@ -243,9 +254,17 @@ impl Dispatch {
                 if let Some(call) = self.calls.get_mut(&channel.id) {
                     if channel.state == "Up" && !call.up {
                         call.up = true;
-                        call.handle.deliver_with(CallEvent::Up, Some(snapshot(channel)), receipt.take());
+                        call.handle.deliver_with(
+                            CallEvent::Up,
+                            Some(snapshot(channel)),
+                            receipt.take(),
+                        );
                     } else {
-                        call.handle.deliver_with(other(&event), Some(snapshot(channel)), receipt.take());
+                        call.handle.deliver_with(
+                            other(&event),
+                            Some(snapshot(channel)),
+                            receipt.take(),
+                        );
                     }
                 }
             }
@@ -259,7 +278,8 @@ impl Dispatch {
                         digit: digit.clone(),
                         duration_ms: *duration_ms,
                     };
-                    call.handle.deliver_with(dtmf, Some(snapshot(channel)), receipt.take());
+                    call.handle
+                        .deliver_with(dtmf, Some(snapshot(channel)), receipt.take());
                 }
             }
             Kind::PlaybackFinished { playback } => {
@@ -274,8 +294,11 @@ impl Dispatch {
                             .map(str::to_string)
                     });
                 if let Some(call) = owner.and_then(|c| self.calls.get(&c)) {
-                    call.handle
-                        .deliver_with(CallEvent::PlaybackFinished(playback_info(playback)), None, receipt.take());
+                    call.handle.deliver_with(
+                        CallEvent::PlaybackFinished(playback_info(playback)),
+                        None,
+                        receipt.take(),
+                    );
                 }
             }
             Kind::ChannelEnteredBridge { bridge, channel } => {
@@ -284,7 +307,9 @@ impl Dispatch {
                     call.app.grant_bridge(&bridge.id);
                     call.handle.deliver_with(
                         bridge_event(&event, bridge, &self.conferences),
-                        channel.as_ref().map(snapshot), receipt.take());
+                        channel.as_ref().map(snapshot),
+                        receipt.take(),
+                    );
                 }
             }
             // A conference made again under the same id (a late event for a bridge the host
@@ -299,7 +324,11 @@ impl Dispatch {
             }
             Kind::ChannelDestroyed { channel } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    call.handle.deliver_with(other(&event), Some(snapshot(channel)), receipt.take());
+                    call.handle.deliver_with(
+                        other(&event),
+                        Some(snapshot(channel)),
+                        receipt.take(),
+                    );
                 } else {
                     // An originated channel that never became a call: drop the app's grant.
                     if let Some(app) = self.catalog.get(&event.application) {
@@ -317,12 +346,15 @@ impl Dispatch {
                 if let Some(call) = self.calls.get(&channel.id) {
                     call.handle.deliver_with(
                         bridge_event(&event, bridge, &self.conferences),
-                        Some(snapshot(channel)), receipt.take());
+                        Some(snapshot(channel)),
+                        receipt.take(),
+                    );
                 }
             }
             Kind::Other { channel } => {
                 if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
-                    call.handle.deliver_with(other(&event), None, receipt.take());
+                    call.handle
+                        .deliver_with(other(&event), None, receipt.take());
                 }
             }
         }
@@ -392,6 +424,7 @@ impl Dispatch {
         event_asterisk_id: &str,
         channel: &event::Channel,
         args: &[String],
+        receipt: Option<Receipt>,
     ) {
         if self.calls.contains_key(&channel.id) {
             debug!(channel = %channel.id, "duplicate StasisStart ignored");
@@ -424,7 +457,7 @@ impl Dispatch {
             channel: snapshot(channel),
             args: args.to_vec(),
         };
-        match app.start_call(ctx) {
+        match app.start_call_with(ctx, receipt) {
             Ok(handle) => {
                 let up = channel.state == "Up";
                 if up {
@@ -504,10 +537,16 @@ impl Dispatch {
     /// its channels and compares. Calls whose channel vanished end; channels sitting in one
     /// of our apps that the host never heard start as calls.
     fn reconcile(&mut self, node: &Arc<Node>, adopt: bool) {
-        let known: HashSet<String> = (self.calls.iter())
+        let mut known: HashSet<String> = (self.calls.iter())
             .filter(|(_, c)| c.node == node.name)
             .map(|(id, _)| id.clone())
             .collect();
+        // The conferences' members and trunk legs there too: a lost StasisEnd of one of
+        // them would otherwise keep its conference (and the home bridge) alive for ever.
+        known.extend(
+            (self.ownership.channels_on(&node.name).into_iter())
+                .filter(|c| self.conferences.involves(c)),
+        );
         let (node, tx) = (node.clone(), self.internal_tx.clone());
         tokio::spawn(async move {
             match node.client.call(Method::GET, "/channels", &[], None).await {
@@ -568,9 +607,26 @@ impl Dispatch {
         adopt: bool,
     ) {
         let alive: HashSet<&str> = channels.iter().map(|c| c.id.as_str()).collect();
+        for gone in known.iter().filter(|c| !alive.contains(c.as_str())) {
+            if self.conferences.involves(gone) {
+                let _ = self.notes.send(Note::ChannelGone {
+                    channel: gone.clone(),
+                });
+            }
+        }
         let ended = self.end_calls(node, |channel| {
             known.contains(channel) && !alive.contains(channel)
         });
+        // A lost ChannelStateChange: the call is up on the node but its app never heard.
+        for channel in channels.iter().filter(|c| c.state == "Up") {
+            if let Some(call) = self.calls.get_mut(&channel.id)
+                && !call.up
+            {
+                info!(node, channel = %channel.id, "reconciled: the call is up");
+                call.up = true;
+                call.handle.deliver(CallEvent::Up, Some(snapshot(channel)));
+            }
+        }
         if ended > 0 {
             info!(
                 node,
@@ -597,7 +653,7 @@ impl Dispatch {
             info!(node = %node.name, app, channel = %channel.id,
                 "reconciled: a call whose StasisStart never arrived starts now");
             let app = app.to_string();
-            self.start(&node, &app, "", channel, &args);
+            self.start(&node, &app, "", channel, &args, None);
             adopted += 1;
         }
         if adopted > 0 {

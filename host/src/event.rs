@@ -440,7 +440,10 @@ mod tests {
         let a = Event::parse_amqp(envelope.as_bytes(), Some("conf")).unwrap();
         let b = Event::parse_amqp(START.as_bytes(), None).unwrap();
         assert_eq!(a.kind, b.kind);
-        assert_eq!(&*a.raw, START, "the event JSON is the `data` object, unchanged");
+        assert_eq!(
+            &*a.raw, START,
+            "the event JSON is the `data` object, unchanged"
+        );
         assert_eq!(a.asterisk_id, "02:00:00:00:00:0a");
         // An event without `application` takes the envelope's, then the header's.
         let bare = r#"{"type":"ChannelVarset","variable":"X","value":"1","asterisk_id":"i"}"#;

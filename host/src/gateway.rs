@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::info;
 
+use crate::amqp;
 use crate::backend::AriBackend;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::conference::Conferences;
-use crate::amqp;
 use crate::config::{AppConfig, Config, Intake, OnFault};
 use crate::dispatch::{Dispatch, DispatchControl};
 use crate::facade::events::{ExternalApps, merged_names};

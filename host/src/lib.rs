@@ -4,8 +4,9 @@
 //! See ARCHITECTURE.md at the repository root for the map of the code.
 
 pub mod admin;
-pub mod amqp;
 pub mod admin_client;
+pub mod amqp;
+pub mod app_stream;
 pub mod apps;
 pub mod ari_client;
 pub mod backend;

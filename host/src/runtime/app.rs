@@ -170,7 +170,17 @@ impl App {
     /// runtime. At the cap the call is refused with a logged [`StartError`]; the caller
     /// decides what the node is told.
     pub fn start_call(self: &Arc<Self>, ctx: CallContext) -> Result<CallHandle, StartError> {
-        call::start(self, ctx)
+        call::start(self, ctx, None)
+    }
+
+    /// [`App::start_call`], with the StasisStart's receipt dropped (the event acknowledged)
+    /// once `on-start` has run.
+    pub fn start_call_with(
+        self: &Arc<Self>,
+        ctx: CallContext,
+        receipt: Option<crate::event::Receipt>,
+    ) -> Result<CallHandle, StartError> {
+        call::start(self, ctx, receipt)
     }
 
     /// Runs a whole call in the current task: instantiate, `on-start`, each of `events`

@@ -265,14 +265,18 @@ impl Drop for Slot {
     }
 }
 
-pub(crate) fn start(app: &Arc<App>, ctx: CallContext) -> Result<CallHandle, StartError> {
+pub(crate) fn start(
+    app: &Arc<App>,
+    ctx: CallContext,
+    receipt: Option<crate::event::Receipt>,
+) -> Result<CallHandle, StartError> {
     let executor = tokio::runtime::Handle::try_current().map_err(|_| StartError::NoExecutor)?;
     let slot = Slot::reserve(app, &ctx.channel.id)?;
     let (tx, rx) = mpsc::unbounded_channel();
     let (done_tx, done) = watch::channel(None);
     let channel: Arc<str> = ctx.channel.id.as_str().into();
     executor.spawn(async move {
-        let report = drive(slot, ctx, rx, false).await;
+        let report = drive(slot, ctx, rx, false, receipt).await;
         done_tx.send_replace(Some(report));
     });
     Ok(CallHandle { tx, done, channel })
@@ -293,7 +297,7 @@ pub(crate) async fn run_inline(
         }));
     }
     drop(tx);
-    Ok(drive(slot, ctx, rx, true).await)
+    Ok(drive(slot, ctx, rx, true, None).await)
 }
 
 /// The instance of a call.
@@ -426,7 +430,10 @@ async fn drive(
     ctx: CallContext,
     mut rx: mpsc::UnboundedReceiver<Box<Msg>>,
     inline: bool,
+    start_receipt: Option<crate::event::Receipt>,
 ) -> CallReport {
+    // Acknowledges the StasisStart once on-start has run (or the call could not start).
+    let mut start_receipt = start_receipt;
     let app = slot.app.clone();
     let deadline = app.settings.callback_deadline;
     let origin = Origin {
@@ -462,6 +469,7 @@ async fn drive(
             }
             report.callbacks_run += 1;
             // Handled: acknowledge now, not when the next event replaces this one.
+            start_receipt.take();
             if let Some(m) = next.as_mut() {
                 m.receipt.take();
             }

@@ -1,16 +1,24 @@
-//! Stasis applications: created by a websocket, replaced by a newer websocket, removed when
-//! their owning websocket closes; plus `/applications` REST and event subscriptions.
+//! Stasis applications: created by a websocket or an AMQP registration (`POST /ari/amqp/{app}`,
+//! Wazo's `res_ari_amqp`), replaced by a newer one, removed when their owning websocket closes
+//! or by `DELETE /ari/amqp/{app}`; plus `/applications` REST and event subscriptions.
 //!
 //! Recorded rules: the newest websocket for an app wins and the older one receives
 //! `ApplicationReplaced` but stays open (it simply gets nothing more); the new owner takes over
 //! the events of calls already in the app; closing a replaced socket keeps the app, closing the
-//! owner removes it (`GET /applications/{app}` → 404).
+//! owner removes it (`GET /applications/{app}` → 404). AMQP registrations are listed like
+//! websocket apps; `POST` answers 204 also when the app exists, `DELETE` 204 also when unknown.
+//!
+//! AMQP vs websocket, as Asterisk's `app_update` does it: the old owner is told
+//! `ApplicationReplaced` only if it is a websocket (the AMQP module registers its handler without
+//! data, so a websocket taking an AMQP app over publishes nothing). `DELETE /ari/amqp/{app}` is
+//! `stasis_app_unregister`: it removes the app whoever owns it (a websocket owner stays open and
+//! simply receives nothing more).
 
 use serde::Serialize;
 
 use crate::error::AriError;
 use crate::params::Params;
-use crate::state::{App, Conn, Ev, Id, NodeState, Val};
+use crate::state::{App, Conn, Ev, Id, NodeState, Owner, Val};
 
 #[derive(Serialize)]
 struct AppJson<'a> {
@@ -24,40 +32,66 @@ struct AppJson<'a> {
 }
 
 impl NodeState {
-    /// A websocket connected for `names`. Older owners get ApplicationReplaced.
+    /// A websocket connected for `names`. Older websocket owners get ApplicationReplaced.
     pub(crate) fn register_ws(&mut self, names: &[String], subscribe_all: bool, conn: &Conn) {
         for name in names {
-            let key: Id = name.as_str().into();
-            if let Some(app) = self.apps.get_mut(&key) {
-                if app.owner.id != conn.id {
-                    let old = std::mem::replace(&mut app.owner, conn.clone());
-                    app.subscribe_all = subscribe_all;
-                    let mut ev = Ev::new();
-                    ev.head("ApplicationReplaced");
-                    ev.field("application", &Val::S(name));
-                    ev.buf.push_str("\"asterisk_id\":");
-                    crate::state::push_json_str(&mut ev.buf, &self.cfg.asterisk_id);
-                    ev.buf.push('}');
-                    let _ = old.tx.send(ev.buf);
-                }
-            } else {
-                self.apps.insert(
-                    key,
-                    App {
-                        owner: conn.clone(),
-                        subscribe_all,
-                        endpoints: Vec::new(),
-                        devices: Vec::new(),
-                    },
-                );
+            let same = matches!(
+                self.apps.get(name.as_str()).map(|a| &a.owner),
+                Some(Owner::Ws(c)) if c.id == conn.id
+            );
+            if !same {
+                self.take_app(name, Owner::Ws(conn.clone()), subscribe_all);
             }
         }
         self.any_subscribe_all = self.apps.values().any(|a| a.subscribe_all);
     }
 
+    /// `POST /ari/amqp/{app}`: the AMQP module owns `name` from now on (204 in every case).
+    pub(crate) fn register_amqp(&mut self, name: &str) {
+        if !matches!(self.apps.get(name).map(|a| &a.owner), Some(Owner::Amqp)) {
+            self.take_app(name, Owner::Amqp, false);
+        }
+        self.any_subscribe_all = self.apps.values().any(|a| a.subscribe_all);
+    }
+
+    /// `DELETE /ari/amqp/{app}`: the app goes away, whoever owns it (204 even if unknown).
+    pub(crate) fn unregister_amqp(&mut self, name: &str) {
+        self.apps.remove(name);
+        self.any_subscribe_all = self.apps.values().any(|a| a.subscribe_all);
+    }
+
+    /// Create `name` for `owner`, or hand it over to `owner` (a websocket owner that loses it
+    /// gets ApplicationReplaced; an AMQP owner is told nothing).
+    fn take_app(&mut self, name: &str, owner: Owner, subscribe_all: bool) {
+        if let Some(app) = self.apps.get_mut(name) {
+            let old = std::mem::replace(&mut app.owner, owner);
+            app.subscribe_all = subscribe_all;
+            if let Owner::Ws(old) = old {
+                let mut ev = Ev::new();
+                ev.head("ApplicationReplaced");
+                ev.field("application", &Val::S(name));
+                ev.buf.push_str("\"asterisk_id\":");
+                crate::state::push_json_str(&mut ev.buf, &self.cfg.asterisk_id);
+                ev.buf.push('}');
+                let _ = old.tx.send(ev.buf);
+            }
+        } else {
+            self.apps.insert(
+                name.into(),
+                App {
+                    owner,
+                    subscribe_all,
+                    endpoints: Vec::new(),
+                    devices: Vec::new(),
+                },
+            );
+        }
+    }
+
     /// A websocket closed: the apps it still owns disappear.
     pub(crate) fn unregister_conn(&mut self, conn_id: u64) {
-        self.apps.retain(|_, a| a.owner.id != conn_id);
+        self.apps
+            .retain(|_, a| !matches!(&a.owner, Owner::Ws(c) if c.id == conn_id));
         self.any_subscribe_all = self.apps.values().any(|a| a.subscribe_all);
     }
 

@@ -6,12 +6,13 @@
 //! stasis-host sim                      # nodes a and b on 8088, 8089; control on 8099
 //! stasis-host sim --nodes 3 --base-port 9000 --playback-ms 500
 //! stasis-host sim --config sim.toml    # a ClusterConfig file (.toml or .json)
+//! stasis-host sim --amqp-url amqp://guest:guest@127.0.0.1:5672/%2f --amqp-exchange wazo
 //! ```
 
 use std::path::PathBuf;
 
 use crate::cluster::Cluster;
-use crate::config::{ClusterConfig, NodeConfig, node_name};
+use crate::config::{AmqpFormat, ClusterConfig, NodeConfig, node_name};
 
 /// Arguments of `stasis-host sim`.
 #[derive(Debug, Clone, clap::Args)]
@@ -37,6 +38,16 @@ pub struct SimArgs {
     /// ARI password.
     #[arg(long, default_value = "asterisk")]
     pub password: String,
+    /// Publish the events of AMQP-registered apps (`POST /ari/amqp/{app}`) to this broker,
+    /// e.g. amqp://guest:guest@127.0.0.1:5672/%2f (overrides the config file's `amqp.url`).
+    #[arg(long)]
+    pub amqp_url: Option<String>,
+    /// Topic exchange for those events (default `stasis`; it must exist before nodes publish).
+    #[arg(long)]
+    pub amqp_exchange: Option<String>,
+    /// Body format: envelope (default) or raw.
+    #[arg(long, value_parser = ["envelope", "raw"])]
+    pub amqp_format: Option<String>,
 }
 
 impl SimArgs {
@@ -63,6 +74,23 @@ impl SimArgs {
         if let Some(ms) = self.playback_ms {
             cfg = cfg.with_playback_ms(ms);
         }
+        if self.amqp_url.is_some() || self.amqp_exchange.is_some() || self.amqp_format.is_some() {
+            let mut amqp = cfg.amqp.clone().unwrap_or_default();
+            if let Some(u) = &self.amqp_url {
+                amqp.url = u.clone();
+            }
+            if let Some(e) = &self.amqp_exchange {
+                amqp.exchange = e.clone();
+            }
+            if let Some(f) = &self.amqp_format {
+                amqp.format = if f == "raw" {
+                    AmqpFormat::Raw
+                } else {
+                    AmqpFormat::Envelope
+                };
+            }
+            cfg.amqp = Some(amqp);
+        }
         Ok(cfg)
     }
 }
@@ -87,8 +115,48 @@ pub async fn run(args: SimArgs) -> anyhow::Result<()> {
         "  cluster control {} (kill/revive: POST /_sim/nodes/<node>/kill|revive)",
         cluster.control_url()
     );
+    for n in cluster.nodes() {
+        if let Some(a) = n.amqp_config() {
+            println!(
+                "  node {} publishes AMQP-registered apps (POST /ari/amqp/<app>) to exchange {:?} ({:?}), routing key stasis.app.<app>",
+                n.name(),
+                a.exchange,
+                a.format
+            );
+        }
+    }
     println!("Ctrl-C to stop.");
     tokio::signal::ctrl_c().await?;
     cluster.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        sim: SimArgs,
+    }
+
+    #[test]
+    fn amqp_flags_make_an_amqp_section() {
+        let cli = Cli::parse_from([
+            "sim",
+            "--amqp-url",
+            "amqp://guest:guest@127.0.0.1:5672/%2f",
+            "--amqp-format",
+            "raw",
+        ]);
+        let cfg = cli.sim.to_config().unwrap();
+        let amqp = cfg.amqp.clone().unwrap();
+        assert_eq!(amqp.exchange, "stasis");
+        assert_eq!(amqp.format, AmqpFormat::Raw);
+        cfg.validate().unwrap();
+        let plain = Cli::parse_from(["sim"]).sim.to_config().unwrap();
+        assert_eq!(plain.amqp, None);
+    }
 }

@@ -35,6 +35,76 @@ pub struct ClusterConfig {
     pub wait_forever_ms: u64,
     /// Dialplan shared by all nodes (a node may override it).
     pub dialplan: Dialplan,
+    /// Stasis events over AMQP (Wazo's `res_stasis_amqp`): where the nodes publish the events of
+    /// apps registered with `POST /ari/amqp/{app}`. `None`: no broker configured (registrations
+    /// still work, their events are dropped). A node may override it (`nodes[].amqp`).
+    pub amqp: Option<AmqpConfig>,
+}
+
+/// The AMQP publishing settings of the nodes (`stasis_amqp.conf` + `amqp.conf` on a real node).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AmqpConfig {
+    /// Broker URL, e.g. `amqp://guest:guest@127.0.0.1:5673/%2f`.
+    pub url: String,
+    /// The topic exchange events are published to (`stasis` by default). The node never declares
+    /// it: if it is missing at the first publish, the broker closes the node's channel and the
+    /// node drops every later event until it restarts (as the real module does).
+    pub exchange: String,
+    /// Message body: `envelope` (default, the module's current form) or `raw`.
+    pub format: AmqpFormat,
+}
+
+impl Default for AmqpConfig {
+    fn default() -> Self {
+        AmqpConfig {
+            url: String::new(),
+            exchange: "stasis".into(),
+            format: AmqpFormat::Envelope,
+        }
+    }
+}
+
+impl AmqpConfig {
+    /// Publish to `url`, exchange `stasis`, envelope bodies.
+    pub fn new(url: &str) -> Self {
+        AmqpConfig {
+            url: url.to_string(),
+            ..AmqpConfig::default()
+        }
+    }
+
+    pub fn with_exchange(mut self, exchange: &str) -> Self {
+        self.exchange = exchange.to_string();
+        self
+    }
+
+    pub fn with_format(mut self, format: AmqpFormat) -> Self {
+        self.format = format;
+        self
+    }
+}
+
+/// The body of a published event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AmqpFormat {
+    /// `{"name": <type>, "data": <the ARI event>, "application": <app>}` (recorded).
+    #[default]
+    Envelope,
+    /// The ARI event JSON itself (with `asterisk_id` and `application`), the older experiment.
+    Raw,
+}
+
+/// A node's own AMQP settings: each field present replaces the cluster's (`amqp`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NodeAmqpConfig {
+    /// This node has no broker connection even if the cluster has one.
+    pub disabled: bool,
+    pub url: Option<String>,
+    pub exchange: Option<String>,
+    pub format: Option<AmqpFormat>,
 }
 
 /// One simulated Asterisk node.
@@ -51,6 +121,8 @@ pub struct NodeConfig {
     pub port: u16,
     /// A dialplan for this node only (replaces the cluster one).
     pub dialplan: Option<Dialplan>,
+    /// AMQP settings for this node only (field by field over the cluster's `amqp`).
+    pub amqp: Option<NodeAmqpConfig>,
 }
 
 impl Default for NodeConfig {
@@ -61,6 +133,7 @@ impl Default for NodeConfig {
             channel_prefix: None,
             port: 0,
             dialplan: None,
+            amqp: None,
         }
     }
 }
@@ -107,7 +180,35 @@ impl ClusterConfig {
             sound_ms: default_sounds(),
             wait_forever_ms: 3_600_000,
             dialplan: Dialplan::default(),
+            amqp: None,
         }
+    }
+
+    /// Every node publishes AMQP-registered apps' events with these settings.
+    pub fn with_amqp(mut self, amqp: AmqpConfig) -> Self {
+        self.amqp = Some(amqp);
+        self
+    }
+
+    /// The AMQP settings node `i` runs with (`None`: no broker configured for it).
+    pub fn node_amqp(&self, i: usize) -> Option<AmqpConfig> {
+        let node = self.nodes[i].amqp.as_ref();
+        if node.is_some_and(|n| n.disabled) {
+            return None;
+        }
+        let mut c = self.amqp.clone().unwrap_or_default();
+        if let Some(n) = node {
+            if let Some(u) = &n.url {
+                c.url = u.clone();
+            }
+            if let Some(e) = &n.exchange {
+                c.exchange = e.clone();
+            }
+            if let Some(f) = n.format {
+                c.format = f;
+            }
+        }
+        (!c.url.is_empty()).then_some(c)
     }
 
     /// Read a config from a `.json` or `.toml` file.
@@ -139,6 +240,23 @@ impl ClusterConfig {
                     "node names must be unique and non-empty: {:?}",
                     n.name
                 )));
+            }
+        }
+        for i in 0..self.nodes.len() {
+            if let Some(a) = self.node_amqp(i) {
+                // No TLS support is compiled into lapin here: plain amqp:// only.
+                if !a.url.starts_with("amqp://") {
+                    return Err(SimError::Config(format!(
+                        "amqp.url of node {} must start with amqp:// (got {:?})",
+                        self.nodes[i].name, a.url
+                    )));
+                }
+                if a.exchange.is_empty() || a.exchange.len() > 255 {
+                    return Err(SimError::Config(format!(
+                        "amqp.exchange of node {} must be 1 to 255 bytes",
+                        self.nodes[i].name
+                    )));
+                }
             }
         }
         let mut ids = std::collections::HashSet::new();
@@ -208,5 +326,38 @@ mod tests {
         let j: ClusterConfig =
             serde_json::from_str(r#"{"nodes":[{"name":"a"},{"name":"a"}]}"#).unwrap();
         assert!(j.validate().is_err());
+    }
+
+    #[test]
+    fn amqp_section_and_node_overrides() {
+        let t: ClusterConfig = toml::from_str(
+            r#"
+            [amqp]
+            url = "amqp://guest:guest@127.0.0.1:5673/%2f"
+            exchange = "wazo"
+            [[nodes]]
+            name = "a"
+            [[nodes]]
+            name = "b"
+            amqp = { format = "raw" }
+            [[nodes]]
+            name = "c"
+            amqp = { disabled = true }
+            "#,
+        )
+        .unwrap();
+        t.validate().unwrap();
+        let a = t.node_amqp(0).unwrap();
+        assert_eq!(
+            (a.exchange.as_str(), a.format),
+            ("wazo", AmqpFormat::Envelope)
+        );
+        assert_eq!(t.node_amqp(1).unwrap().format, AmqpFormat::Raw);
+        assert_eq!(t.node_amqp(2), None);
+        assert_eq!(ClusterConfig::default().node_amqp(0), None);
+        let d: AmqpConfig = serde_json::from_str(r#"{"url":"amqp://h"}"#).unwrap();
+        assert_eq!(d.exchange, "stasis");
+        let bad = ClusterConfig::default().with_amqp(AmqpConfig::new("http://x"));
+        assert!(bad.validate().is_err());
     }
 }

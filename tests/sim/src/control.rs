@@ -129,6 +129,10 @@ pub(crate) fn node_router() -> Router<Arc<NodeInner>> {
             ),
         )
         .route(
+            "/_sim/amqp",
+            get(|State(n): State<Arc<NodeInner>>| async move { Json(h(n).amqp_status()) }),
+        )
+        .route(
             "/_sim/dialplan/{context}/{exten}",
             put(
                 |State(n): State<Arc<NodeInner>>,
@@ -230,6 +234,15 @@ fn cluster_router(shared: Cs) -> Router {
                     }
                 },
             ),
+        )
+        .route(
+            "/_sim/nodes/{node}/amqp",
+            get(|State(c): State<Cs>, Path(node): Path<String>| async move {
+                match node_of(&c, &node) {
+                    Ok(n) => Json(n.amqp_status()).into_response(),
+                    Err(r) => *r,
+                }
+            }),
         )
         .route(
             "/_sim/nodes/{node}/kill",

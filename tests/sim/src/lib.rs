@@ -32,11 +32,13 @@
 //! - `state`: one node's core (maps, event fan-out, effects); `channel`, `bridge`, `playback`,
 //!   `apps`: the ARI resources as `impl` blocks on that core;
 //! - `rest`, `ws`: the ARI HTTP surface; `control`: the `/_sim` control API;
+//! - `amqp`: Stasis events over AMQP (Wazo's `res_stasis_amqp`), one publisher task per node;
 //! - `node`: server lifecycle and [`NodeHandle`]; `cluster`: [`Cluster`] and the dispatcher for
 //!   timers and trunk signalling; [`cli`]: `stasis-host sim`.
 //!
 //! The control HTTP API and the default dialplan are documented in `tests/sim/README.md`.
 
+mod amqp;
 mod apps;
 mod bridge;
 mod channel;
@@ -54,10 +56,11 @@ mod state;
 pub mod time;
 mod ws;
 
+pub use amqp::{AmqpState, AmqpStatus};
 pub use channel::CallerId;
 pub use cli::{SimArgs, run};
 pub use cluster::Cluster;
-pub use config::{ClusterConfig, NodeConfig};
+pub use config::{AmqpConfig, AmqpFormat, ClusterConfig, NodeAmqpConfig, NodeConfig};
 pub use dialplan::{Dialplan, Route};
 pub use error::{AriError, SimError};
 pub use node::{BridgeInfo, ChannelInfo, InboundCall, LoggedRequest, NodeHandle};

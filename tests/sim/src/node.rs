@@ -20,11 +20,13 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
+use crate::amqp::{AmqpState, AmqpStatus};
 use crate::channel::CallerId;
 use crate::cluster::{ClusterShared, dispatch};
+use crate::config::AmqpConfig;
 use crate::dialplan::{Dialplan, Route};
 use crate::error::SimError;
-use crate::state::{NodeCfg, NodeState};
+use crate::state::{NodeCfg, NodeState, Owner};
 
 /// One REST request as a node received it (see [`NodeHandle::request_log`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -210,6 +212,8 @@ impl NodeInner {
             kill,
             task,
         });
+        // A fresh AMQP publisher per node life (connects now, like res_amqp at module load).
+        self.state.lock().amqp = crate::amqp::Publisher::start(&self.cfg.amqp);
         self.alive.store(true, Ordering::Release);
         Ok(())
     }
@@ -226,7 +230,10 @@ impl NodeInner {
             let dialplan = st.dialplan.clone();
             let life = st.life + 1;
             let peer_alive = st.peer_alive.clone();
+            // Dropping the old state ends its AMQP publisher once it has sent what the shutdown
+            // produced (like the module at unload); AMQP registrations are gone with the apps.
             *st = NodeState::new(self.cfg.clone(), dialplan, life, peer_alive);
+            self.cfg.amqp.retire();
             effects
         };
         // Only the trunk hangups towards other nodes matter; our own timers are stale.
@@ -503,11 +510,89 @@ impl NodeHandle {
     }
 
     /// Fault injection: send `text` verbatim on the event socket that owns `app`, as a buggy
-    /// node or a newer Asterisk with unknown event types would. False when `app` has no socket.
+    /// node or a newer Asterisk with unknown event types would. For an AMQP-registered app it is
+    /// published instead (as `data` of the envelope, its `type`, if any, in the `name` header).
+    /// False when `app` does not exist (or its socket is gone).
     pub fn send_raw_event(&self, app: &str, text: &str) -> bool {
         let st = self.inner.state.lock();
-        st.apps
-            .get(app)
-            .is_some_and(|a| a.owner.tx.send(text.to_string()).is_ok())
+        let Some((key, a)) = st.apps.get_key_value(app) else {
+            return false;
+        };
+        match &a.owner {
+            Owner::Ws(conn) => conn.tx.send(text.to_string()).is_ok(),
+            Owner::Amqp => {
+                let ty = serde_json::from_str::<serde_json::Value>(text)
+                    .ok()
+                    .and_then(|v| v["type"].as_str().map(str::to_string))
+                    .unwrap_or_default();
+                st.amqp.publish(key, &ty, text.to_string());
+                true
+            }
+        }
+    }
+
+    /// Names of the applications registered over AMQP (`POST /ari/amqp/{app}`), sorted.
+    pub fn amqp_apps(&self) -> Vec<String> {
+        let st = self.inner.state.lock();
+        let mut v: Vec<String> = st
+            .apps
+            .iter()
+            .filter(|(_, a)| matches!(a.owner, Owner::Amqp))
+            .map(|(k, _)| k.to_string())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Register `app` for AMQP forwarding, as `POST /ari/amqp/{app}` does (takes the app over
+    /// from a websocket, which gets ApplicationReplaced).
+    pub fn register_amqp_app(&self, app: &str) -> Result<(), SimError> {
+        self.check_alive()?;
+        self.inner.state.lock().register_amqp(app);
+        Ok(())
+    }
+
+    /// Remove `app`, as `DELETE /ari/amqp/{app}` does (whoever owns it; no error if unknown).
+    pub fn unregister_amqp_app(&self, app: &str) -> Result<(), SimError> {
+        self.check_alive()?;
+        self.inner.state.lock().unregister_amqp(app);
+        Ok(())
+    }
+
+    /// The node's AMQP publisher: state and counters (see [`AmqpStatus`]).
+    pub fn amqp_status(&self) -> AmqpStatus {
+        self.inner.cfg.amqp.status()
+    }
+
+    /// The AMQP settings this node publishes with (`None`: no broker configured).
+    pub fn amqp_config(&self) -> Option<AmqpConfig> {
+        self.inner.cfg.amqp.cfg.clone()
+    }
+
+    /// Wait until the publisher is in `state` (polling every 10 ms); false on timeout.
+    pub async fn wait_amqp_state(&self, state: AmqpState, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if self.amqp_status().state == state {
+                return true;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// Wait until every event handed to the publisher is published or dropped (`pending` 0);
+    /// returns the status then, or the last one seen at the timeout.
+    pub async fn wait_amqp_flushed(&self, timeout: Duration) -> AmqpStatus {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let s = self.amqp_status();
+            if s.pending == 0 || tokio::time::Instant::now() >= deadline {
+                return s;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 }

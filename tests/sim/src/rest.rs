@@ -63,6 +63,9 @@ pub(crate) fn shutdown_response() -> Response {
     r
 }
 
+/// `GET /ari/api-docs/amqp.json` as the recorded nodes answer it (`{basePath}` is the node's).
+const AMQP_API_DOCS: &str = include_str!("api-docs-amqp.json");
+
 /// A successful ARI answer.
 enum Ok2 {
     Json(String),
@@ -155,6 +158,15 @@ fn handle(node: &Arc<NodeInner>, method: &Method, path: &str, p: &Params) -> Res
                 })
                 .to_string(),
             ));
+        }
+        ("GET", ["api-docs", "amqp.json"]) => {
+            // Wazo's res_ari_amqp resource, as recorded (fixtures/amqp/register.json).
+            let base = format!(
+                "http://{}:{}/ari",
+                node.bind,
+                node.port.load(Ordering::Acquire)
+            );
+            return Ok(Ok2::Json(AMQP_API_DOCS.replace("{basePath}", &base)));
         }
         ("GET", ["api-docs", file]) => {
             return Ok(Ok2::Json(
@@ -253,6 +265,17 @@ fn handle(node: &Arc<NodeInner>, method: &Method, path: &str, p: &Params) -> Res
         ("DELETE", ["applications", app, "subscription"]) => {
             st.subscribe_api(app, p, false).map(Ok2::Json)
         }
+
+        // Wazo's res_ari_amqp: 204 also when already registered / when unknown (recorded).
+        ("POST", ["amqp", app]) => {
+            st.register_amqp(app);
+            Ok(Ok2::NoContent)
+        }
+        ("DELETE", ["amqp", app]) => {
+            st.unregister_amqp(app);
+            Ok(Ok2::NoContent)
+        }
+        (_, ["amqp", _]) => Err(AriError::msg(405, "Invalid method")),
         _ => Err(AriError::msg(404, "Resource not found")),
     };
     let effects = std::mem::take(&mut st.effects);

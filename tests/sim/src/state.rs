@@ -38,6 +38,8 @@ pub(crate) struct NodeCfg {
     pub playback_ms: u64,
     pub sound_ms: std::collections::BTreeMap<String, u64>,
     pub wait_forever_ms: u64,
+    /// AMQP publishing of this node (config, counters, state), shared across its lives.
+    pub amqp: Arc<crate::amqp::Shared>,
 }
 
 /// One websocket connection that can own applications.
@@ -47,10 +49,20 @@ pub(crate) struct Conn {
     pub tx: UnboundedSender<String>,
 }
 
-/// A Stasis application registered on this node (exists while a websocket owns it).
+/// Who receives an application's events.
+#[derive(Clone, Debug)]
+pub(crate) enum Owner {
+    /// An event websocket (`GET /ari/events?app=...`).
+    Ws(Conn),
+    /// The AMQP module (`POST /ari/amqp/{app}`): events go to the node's publisher.
+    Amqp,
+}
+
+/// A Stasis application registered on this node (exists while a websocket or an AMQP
+/// registration owns it).
 #[derive(Debug)]
 pub(crate) struct App {
-    pub owner: Conn,
+    pub owner: Owner,
     pub subscribe_all: bool,
     pub endpoints: Vec<String>,
     pub devices: Vec<String>,
@@ -149,6 +161,8 @@ pub(crate) struct NodeState {
     pub effects: Vec<Effect>,
     /// Is node `name` known to the cluster / alive? (`None`: unknown node).
     pub peer_alive: PeerAlive,
+    /// Where events of AMQP-registered apps go (a task per node life, see `amqp.rs`).
+    pub amqp: crate::amqp::Publisher,
 }
 
 impl NodeState {
@@ -159,7 +173,6 @@ impl NodeState {
         peer_alive: PeerAlive,
     ) -> Self {
         NodeState {
-            cfg,
             dialplan,
             life,
             epoch: crate::time::epoch_secs(),
@@ -177,6 +190,8 @@ impl NodeState {
             trunk_index: HashMap::new(),
             effects: Vec::new(),
             peer_alive,
+            amqp: crate::amqp::Publisher::detached(cfg.amqp.clone()),
+            cfg,
         }
     }
 
@@ -313,7 +328,8 @@ impl NodeState {
         self.deliver(ev, targets);
     }
 
-    /// Finish an event for each target app and queue it on the app's owning socket.
+    /// Finish an event for each target app and queue it on the app's owning socket (or the
+    /// node's AMQP publisher, for an AMQP-registered app: the same JSON text).
     pub(crate) fn deliver(&self, ev: Ev, targets: &[Id]) {
         for app in targets {
             let Some(a) = self.apps.get(app) else {
@@ -326,8 +342,13 @@ impl NodeState {
             s.push_str(",\"application\":");
             push_json_str(&mut s, app);
             s.push('}');
-            // A closed socket just drops the event, like a dead TCP peer.
-            let _ = a.owner.tx.send(s);
+            match &a.owner {
+                // A closed socket just drops the event, like a dead TCP peer.
+                Owner::Ws(conn) => {
+                    let _ = conn.tx.send(s);
+                }
+                Owner::Amqp => self.amqp.publish(app, &ev.ty, s),
+            }
         }
     }
 }
@@ -335,17 +356,24 @@ impl NodeState {
 /// A JSON object under construction, written in the recorded field order.
 pub(crate) struct Ev {
     pub buf: String,
+    /// The event type (set by [`Ev::head`]); AMQP headers and envelopes carry it.
+    pub ty: String,
 }
 
 impl Ev {
     pub(crate) fn new() -> Self {
         let mut buf = String::with_capacity(640);
         buf.push('{');
-        Ev { buf }
+        Ev {
+            buf,
+            ty: String::new(),
+        }
     }
 
     /// `"type": ty, "timestamp": now`.
     pub(crate) fn head(&mut self, ty: &str) {
+        self.ty.clear();
+        self.ty.push_str(ty);
         self.field("type", &Val::S(ty));
         let ts = crate::time::now_ts();
         self.field("timestamp", &Val::S(&ts));

@@ -189,3 +189,67 @@ async fn application_replaced() {
     // The replaced sockets were never closed by the server.
     assert_eq!(rp.ws["client1"].closed.lock().clone(), None);
 }
+
+/// `fixtures/amqp/register.json` (Wazo's res_ari_amqp on both nodes): `POST|DELETE
+/// /ari/amqp/{app}` statuses, their effect on `/ari/applications` (node a also has the
+/// websocket app `conf` holding one call, as recorded), 405 for other methods, and the
+/// `amqp.json` api-docs. No broker needed: registration works without one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqp_register() {
+    let path = format!("{}/fixtures/amqp/register.json", env!("CARGO_MANIFEST_DIR"));
+    let rec: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let cluster = stasis_sim::Cluster::start(recorded_cfg()).await.unwrap();
+    let a = cluster.node("a");
+    let conf = common::Ws::connect(&a.ws_url("conf")).await;
+    let chan = a
+        .inject_call(stasis_sim::InboundCall {
+            exten: "8000".into(),
+            ..Default::default()
+        })
+        .unwrap();
+    conf.wait_chan("StasisStart", &chan, 2000).await.unwrap();
+    let mut mismatches = vec![];
+    for r in rec["rest"].as_array().unwrap() {
+        let node = cluster.node(r["instance"].as_str().unwrap());
+        let api = common::Ari::new(&node.ari_url().replace("/ari", ""));
+        let method = r["method"].as_str().unwrap();
+        let p = r["path"].as_str().unwrap();
+        let (status, body) = api.ok(method, &format!("/ari{p}")).await;
+        let what = format!("{} {method} {p}", node.name());
+        if status as u64 != r["status"].as_u64().unwrap() {
+            mismatches.push(format!("{what}: status {status}, recorded {}", r["status"]));
+        }
+        let rec_body = &r["response"];
+        if p == "/api-docs/amqp.json" {
+            // The document itself, basePath being the node's own URL.
+            let mut want = rec_body.clone();
+            want["basePath"] = Value::String(node.ari_url());
+            if body != want {
+                mismatches.push(format!("{what}: api-docs differ: {body}"));
+            }
+        } else if p == "/applications" {
+            let names = |v: &Value| -> Vec<(String, usize)> {
+                v.as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|a| {
+                        (
+                            a["name"].as_str().unwrap().to_string(),
+                            a["channel_ids"].as_array().unwrap().len(),
+                        )
+                    })
+                    .collect()
+            };
+            if names(&body) != names(rec_body) || common::shape(&body) != common::shape(rec_body) {
+                mismatches.push(format!("{what}: {body} vs recorded {rec_body}"));
+            }
+        } else if common::shape(&body) != common::shape(rec_body) {
+            mismatches.push(format!("{what}: body {body} vs recorded {rec_body}"));
+        }
+    }
+    for m in &mismatches {
+        eprintln!("  MISMATCH {m}");
+    }
+    assert!(mismatches.is_empty(), "{} mismatches", mismatches.len());
+    cluster.shutdown().await;
+}

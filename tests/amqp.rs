@@ -1,0 +1,330 @@
+//! End-to-end over RabbitMQ: simulated nodes publish their Stasis events to a real broker
+//! (as Asterisk's `res_stasis_amqp` does), the host consumes them and answers over REST.
+//! Needs the test broker that `scripts/test.sh` starts.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use stasis_e2e::{
+    InboundCall, amqp_host_config, amqp_url, app_requests, in_bridge, rabbitmqctl,
+    rabbitmqctl_output, route_trunk_legs, runtime_config, sim_config, unique, wait_for,
+};
+use stasis_host::gateway::Gateway;
+use stasis_host::runtime::{App, AppSettings};
+use stasis_sim::{AmqpConfig, AmqpFormat, NodeAmqpConfig};
+
+/// Tests that restart the broker or drop connections hold it exclusively; the others share.
+static BROKER: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+struct AmqpRig {
+    sim: stasis_sim::Cluster,
+    host: Gateway,
+}
+
+impl AmqpRig {
+    /// `nodes` simulated nodes publishing to a fresh exchange (node `b`, if any, in the bare
+    /// event format, the others in the module's envelope), and a host consuming it as `url`.
+    async fn start(nodes: usize, url: &str, apps: &[(&str, &str, AppSettings)]) -> AmqpRig {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        let exchange = unique("stasis-test");
+        let mut config = sim_config(nodes);
+        config.amqp = Some(AmqpConfig::new(&amqp_url()).with_exchange(&exchange));
+        for node in &mut config.nodes {
+            if node.name == "b" {
+                node.amqp = Some(NodeAmqpConfig {
+                    format: Some(AmqpFormat::Raw),
+                    ..NodeAmqpConfig::default()
+                });
+            }
+        }
+        let sim = stasis_sim::Cluster::start(config)
+            .await
+            .expect("simulated cluster");
+        route_trunk_legs(&sim);
+        let host_config = amqp_host_config(&sim, url, &exchange, &unique("events"), "");
+        let host = Gateway::start(host_config, runtime_config())
+            .await
+            .expect("host starts");
+        for (name, plugin, settings) in apps {
+            let wasm = stasis_e2e::plugin(plugin);
+            host.load_app(name, wasm, settings.clone())
+                .await
+                .expect("app loads");
+        }
+        let rig = AmqpRig { sim, host };
+        rig.wait_registered().await;
+        rig
+    }
+
+    /// Waits until every node is up in the host and has every app registered for AMQP.
+    async fn wait_registered(&self) {
+        let mut apps: Vec<String> = (self.host.catalog.all().iter())
+            .map(|a| a.name().to_string())
+            .collect();
+        apps.push(stasis_host::conference::TRUNK_APP.to_string());
+        // A real node's AMQP module connects at boot, before anyone registers apps; the
+        // simulated one connects in the background.
+        wait_for("nodes up with the apps registered for AMQP", || {
+            self.host.cluster.nodes().all(|n| n.is_up())
+                && (self.sim.nodes().iter())
+                    .all(|n| n.amqp_status().state == stasis_sim::AmqpState::Connected)
+                && (self.sim.nodes().iter()).all(|n| {
+                    let registered = n.amqp_apps();
+                    apps.iter().all(|a| registered.contains(a))
+                })
+        })
+        .await;
+    }
+
+    fn app(&self, name: &str) -> Arc<App> {
+        self.host.catalog.get(name).expect("app loaded")
+    }
+
+    fn call(&self, node: &str, caller: &str, exten: &str) -> String {
+        self.sim
+            .node(node)
+            .inject_call(InboundCall {
+                caller_name: caller.into(),
+                caller_number: "1000".into(),
+                exten: exten.into(),
+                ..Default::default()
+            })
+            .expect("call injected")
+    }
+
+    async fn stop(self) {
+        self.host.shutdown();
+        self.sim.shutdown().await;
+    }
+}
+
+fn conference() -> (&'static str, &'static str, AppSettings) {
+    ("conf", "conference", AppSettings::default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conference_over_amqp_spans_two_nodes_in_both_body_formats() {
+    let _shared = BROKER.read().await;
+    let rig = AmqpRig::start(2, &amqp_url(), &[conference()]).await;
+    let (a, b) = (rig.sim.node("a"), rig.sim.node("b"));
+    let mut calls = Vec::new();
+    for (node, caller) in [("a", "Alice"), ("b", "Bob"), ("a", "Carol"), ("b", "Dave")] {
+        calls.push((node, rig.call(node, caller, "8000")));
+    }
+    for (node, id) in &calls {
+        let handle = rig.sim.node(node);
+        wait_for(&format!("{id} bridged on {node}"), || {
+            in_bridge(&handle, id, "conf")
+        })
+        .await;
+    }
+    assert_eq!(rig.app("conf").live_calls(), 4);
+    for (node, handle) in [("a", &a), ("b", &b)] {
+        let log = handle.request_log();
+        let paths: Vec<String> = log
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.path))
+            .collect();
+        for wanted in ["POST /ari/amqp/conf", "POST /ari/amqp/stasis-trunk"] {
+            assert!(
+                paths.contains(&wanted.to_string()),
+                "node {node}: {paths:?}"
+            );
+        }
+        assert!(
+            !paths.iter().any(|p| p.ends_with("/ari/events")),
+            "node {node} has no event websocket: {paths:?}"
+        );
+        // Each call's requests went to its own node only.
+        for (other, id) in &calls {
+            if other != &node {
+                let strays: Vec<_> = app_requests(handle)
+                    .into_iter()
+                    .filter(|r| r.contains(id.as_str()))
+                    .collect();
+                assert!(strays.is_empty(), "{id} reached node {node}: {strays:?}");
+            }
+        }
+    }
+    assert!(a.amqp_status().published > 0 && b.amqp_status().published > 0);
+
+    for (node, id) in &calls {
+        rig.sim.node(node).hangup_far_end(id, None).unwrap();
+    }
+    wait_for("every call ended", || rig.app("conf").live_calls() == 0).await;
+    wait_for("the conference left nothing behind", || {
+        a.bridges().is_empty() && b.bridges().is_empty()
+    })
+    .await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_restart_mid_run_loses_no_call() {
+    let _exclusive = BROKER.write().await;
+    let rig = AmqpRig::start(2, &amqp_url(), &[conference()]).await;
+    let (a, b) = (rig.sim.node("a"), rig.sim.node("b"));
+    let mut live = Vec::new();
+    for (node, caller) in [("a", "Alice"), ("b", "Bob"), ("a", "Carol"), ("b", "Dave")] {
+        live.push((node, rig.call(node, caller, "8000")));
+    }
+    for (node, id) in &live {
+        let handle = rig.sim.node(node);
+        wait_for("bridged before the restart", || {
+            in_bridge(&handle, id, "conf")
+        })
+        .await;
+    }
+
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
+        .await
+        .unwrap();
+    // While the broker is down the nodes drop their events: a hangup (StasisEnd lost) and
+    // two new callers (StasisStart lost).
+    let (gone_node, gone) = live.remove(0);
+    rig.sim.node(gone_node).hangup_far_end(&gone, None).unwrap();
+    live.push(("a", rig.call("a", "Erin", "8000")));
+    live.push(("b", rig.call("b", "Frank", "8000")));
+    wait_for("the nodes dropped events while the broker was down", || {
+        a.amqp_status().dropped > 0 && b.amqp_status().dropped > 0
+    })
+    .await;
+    tokio::task::spawn_blocking(|| rabbitmqctl(&["start_app"]))
+        .await
+        .unwrap();
+
+    // The host reconciles with the nodes: the lost StasisEnd ends its call, the lost
+    // StasisStarts start theirs, and every caller ends up in the one conference.
+    for (node, id) in &live {
+        let handle = rig.sim.node(node);
+        wait_for(&format!("{id} on {node} bridged after the restart"), || {
+            in_bridge(&handle, id, "conf")
+        })
+        .await;
+    }
+    wait_for("the call hung up during the outage ended", || {
+        rig.app("conf").live_calls() == live.len()
+    })
+    .await;
+    let after = rig.call("b", "Grace", "8000");
+    wait_for("a call after the restart bridged", || {
+        in_bridge(&b, &after, "conf")
+    })
+    .await;
+    live.push(("b", after));
+    for (node, id) in &live {
+        rig.sim.node(node).hangup_far_end(id, None).unwrap();
+    }
+    wait_for("every call ended", || rig.app("conf").live_calls() == 0).await;
+    wait_for("the conference left nothing behind", || {
+        a.bridges().is_empty() && b.bridges().is_empty()
+    })
+    .await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_node_is_registered_again_and_its_lost_calls_end() {
+    let _shared = BROKER.read().await;
+    let rig = AmqpRig::start(2, &amqp_url(), &[conference()]).await;
+    let (a, b) = (rig.sim.node("a"), rig.sim.node("b"));
+    let on_a = rig.call("a", "Alice", "8000");
+    let on_b = rig.call("b", "Bob", "8000");
+    wait_for("both bridged", || {
+        in_bridge(&a, &on_a, "conf") && in_bridge(&b, &on_b, "conf")
+    })
+    .await;
+
+    // A restart faster than the host's health poll: only the new start-up time tells.
+    a.kill().await;
+    a.revive().await.unwrap();
+    assert!(a.amqp_apps().is_empty(), "registrations die with the node");
+    rig.wait_registered().await;
+    wait_for("the restarted node's call ended", || {
+        rig.app("conf").live_calls() == 1
+    })
+    .await;
+    assert!(in_bridge(&b, &on_b, "conf"), "node b's call is untouched");
+    let again = rig.call("a", "Carol", "8000");
+    wait_for("a call on the restarted node bridged", || {
+        in_bridge(&a, &again, "conf")
+    })
+    .await;
+    rig.stop().await;
+}
+
+/// The user the redelivery test's host connects as, so that the test can drop exactly the
+/// host's connection.
+fn dedicated_user_url() -> String {
+    let user = "stasis-e2e-host";
+    // Already there from an earlier run is fine.
+    let _ = rabbitmqctl_output(&["add_user", user, "secret"]);
+    rabbitmqctl(&["set_permissions", "-p", "/", user, ".*", ".*", ".*"]);
+    let url = amqp_url();
+    let at = url.rfind('@').expect("the test broker URL has credentials");
+    format!("amqp://{user}:secret@{}", &url[at + 1..])
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_event_is_not_handled_twice() {
+    let _exclusive = BROKER.write().await;
+    let url = tokio::task::spawn_blocking(dedicated_user_url)
+        .await
+        .unwrap();
+    let slow = AppSettings {
+        callback_deadline: Duration::from_secs(10),
+        ..AppSettings::default()
+    };
+    let rig = AmqpRig::start(1, &url, &[("probe", "probe", slow)]).await;
+    let a = rig.sim.node("a");
+    a.set_route(
+        "default",
+        "7000",
+        stasis_sim::Route::Stasis {
+            app: "probe".into(),
+            args: vec!["slow".into(), "1500".into()],
+        },
+    );
+    // on-start busy-waits 1.5 s: the StasisStart and the digits pressed meanwhile are
+    // delivered but not acknowledged when the host's connection drops.
+    let id = rig.call("a", "Alice", "7000");
+    wait_for("the call started", || rig.app("probe").live_calls() == 1).await;
+    a.press_dtmf(&id, "123").unwrap();
+    a.wait_amqp_flushed(Duration::from_secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    tokio::task::spawn_blocking(|| {
+        let connections = rabbitmqctl(&["list_connections", "user", "pid"]);
+        let mut closed = 0;
+        for line in connections.lines() {
+            if let Some(("stasis-e2e-host", pid)) = line.split_once('\t') {
+                rabbitmqctl(&["close_connection", pid.trim(), "test: drop the host"]);
+                closed += 1;
+            }
+        }
+        assert!(closed > 0, "the host's connection was found: {connections}");
+    })
+    .await
+    .unwrap();
+
+    let trace_key = format!("trace:{id}");
+    wait_for("the digits reached the app", || {
+        rig.app("probe")
+            .kv_get(&trace_key)
+            .is_some_and(|t| t.matches("on-dtmf").count() >= 3)
+    })
+    .await;
+    // Long enough for the redeliveries to have come and gone.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let trace = rig.app("probe").kv_get(&trace_key).unwrap_or_default();
+    assert_eq!(trace.matches("on-start").count(), 1, "{trace}");
+    assert_eq!(trace.matches("on-dtmf").count(), 3, "{trace}");
+    let answers = app_requests(&a)
+        .into_iter()
+        .filter(|r| r.ends_with("/answer"))
+        .count();
+    assert_eq!(answers, 1, "one answer for one StasisStart");
+    rig.stop().await;
+}
