@@ -328,3 +328,91 @@ async fn a_redelivered_event_is_not_handled_twice() {
     assert_eq!(answers, 1, "one answer for one StasisStart");
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_share_the_queue_each_call_has_one_and_a_stopped_ones_calls_go_to_the_other() {
+    let _shared = BROKER.read().await;
+    let AmqpRig { sim, host: first } = AmqpRig::start(2, &amqp_url(), &[conference()]).await;
+    let call = |node: &str, caller: &str| {
+        sim.node(node)
+            .inject_call(InboundCall {
+                caller_name: caller.into(),
+                caller_number: "1000".into(),
+                exten: "8000".into(),
+                ..Default::default()
+            })
+            .expect("call injected")
+    };
+    // A second replica: same nodes, same exchange, same queue.
+    let second = Gateway::start(first.config.clone(), runtime_config())
+        .await
+        .expect("second replica starts");
+    second
+        .load_app(
+            "conf",
+            stasis_e2e::plugin("conference"),
+            AppSettings::default(),
+        )
+        .await
+        .expect("app loads");
+    wait_for("the second replica sees the nodes", || {
+        second.cluster.nodes().all(|n| n.is_up())
+    })
+    .await;
+    let (a, b) = (sim.node("a"), sim.node("b"));
+    let replicas = [&first, &second];
+    let live = |r: &Gateway| r.catalog.get("conf").map_or(0, |app| app.live_calls());
+
+    let mut calls = Vec::new();
+    for (node, caller) in [("a", "Alice"), ("b", "Bob"), ("a", "Carol"), ("b", "Dave")] {
+        calls.push((node, call(node, caller)));
+    }
+    for (node, id) in &calls {
+        let handle = sim.node(node);
+        wait_for("bridged", || in_bridge(&handle, id, "conf")).await;
+    }
+    // Exactly one replica handles each call, and each call got exactly one answer.
+    assert_eq!(live(replicas[0]) + live(replicas[1]), calls.len());
+    for (node, id) in &calls {
+        let answers = app_requests(&sim.node(node))
+            .into_iter()
+            .filter(|r| r == &format!("POST /ari/channels/{id}/answer"))
+            .count();
+        assert_eq!(answers, 1, "{id} answered once");
+    }
+    let active = if live(replicas[0]) > 0 { 0 } else { 1 };
+    assert_eq!(live(replicas[active]), calls.len(), "one active replica");
+    for (node, id) in calls.drain(..) {
+        sim.node(node).hangup_far_end(&id, None).unwrap();
+    }
+    wait_for("calls ended", || live(replicas[active]) == 0).await;
+    wait_for("the conference left nothing behind", || {
+        a.bridges().is_empty() && b.bridges().is_empty()
+    })
+    .await;
+
+    // The active replica stops: new calls go to the other one.
+    let (stopped, survivor) = if active == 0 {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    stopped.shutdown();
+    for (node, caller) in [("b", "Erin"), ("a", "Frank")] {
+        calls.push((node, call(node, caller)));
+    }
+    for (node, id) in &calls {
+        let handle = sim.node(node);
+        wait_for("bridged by the surviving replica", || {
+            in_bridge(&handle, id, "conf")
+        })
+        .await;
+    }
+    assert_eq!(live(&survivor), calls.len());
+    for (node, id) in &calls {
+        sim.node(node).hangup_far_end(id, None).unwrap();
+    }
+    wait_for("calls ended", || live(&survivor) == 0).await;
+    survivor.shutdown();
+    sim.shutdown().await;
+}

@@ -179,10 +179,11 @@ pub fn app_requests(node: &NodeHandle) -> Vec<String> {
     node.request_log()
         .into_iter()
         .filter(|r| {
-            !r.path.ends_with("/asterisk/info")
-                && !r.path.ends_with("/events")
-                && !r.path.starts_with("/ari/amqp/")
-                && !(r.method == "GET" && r.path == "/ari/channels" && r.query.is_empty())
+            let housekeeping = r.path.ends_with("/asterisk/info")
+                || r.path.ends_with("/events")
+                || r.path.starts_with("/ari/amqp/")
+                || (r.method == "GET" && r.path == "/ari/channels" && r.query.is_empty());
+            !housekeeping
         })
         .map(|r| {
             if r.query.is_empty() {

@@ -427,18 +427,33 @@ fn redact(url: &str) -> String {
     }
 }
 
+/// What an AMQP node's task listens to and reports to.
+pub struct NodeLinks {
+    /// The app names to register.
+    pub apps: watch::Receiver<Vec<String>>,
+    /// From the broker session: the exchange exists.
+    pub declared: Declared,
+    /// To dispatch: node up and down.
+    pub tx: mpsc::Sender<Intake>,
+    /// To the broker session: the node's events may have been lost.
+    pub gaps: mpsc::UnboundedSender<Arc<Node>>,
+}
+
 /// Runs one AMQP node for ever: identify, register the apps, poll health, re-register after
 /// a restart. See the module docs.
 pub async fn run_node(
     node: Arc<Node>,
     cluster: Arc<Cluster>,
     config: Amqp,
-    mut apps: watch::Receiver<Vec<String>>,
-    mut declared: Declared,
-    tx: mpsc::Sender<Intake>,
-    gaps: mpsc::UnboundedSender<Arc<Node>>,
+    links: NodeLinks,
     max_reconnect: Duration,
 ) {
+    let NodeLinks {
+        mut apps,
+        mut declared,
+        tx,
+        gaps,
+    } = links;
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(max_reconnect)

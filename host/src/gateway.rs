@@ -112,10 +112,12 @@ impl Gateway {
                     node.clone(),
                     cluster.clone(),
                     amqp.clone(),
-                    names.clone(),
-                    declared.clone(),
-                    tx.clone(),
-                    gaps_tx.clone(),
+                    amqp::NodeLinks {
+                        apps: names.clone(),
+                        declared: declared.clone(),
+                        tx: tx.clone(),
+                        gaps: gaps_tx.clone(),
+                    },
                     max_reconnect,
                 )),
                 _ => tokio::spawn(ingress::run_node(
