@@ -25,6 +25,16 @@ impl AmqpRig {
     /// `nodes` simulated nodes publishing to a fresh exchange (node `b`, if any, in the bare
     /// event format, the others in the module's envelope), and a host consuming it as `url`.
     async fn start(nodes: usize, url: &str, apps: &[(&str, &str, AppSettings)]) -> AmqpRig {
+        Self::start_with(nodes, url, apps, "").await
+    }
+
+    /// [`AmqpRig::start`] with `amqp` settings added to the host's `[amqp]` section.
+    async fn start_with(
+        nodes: usize,
+        url: &str,
+        apps: &[(&str, &str, AppSettings)],
+        amqp: &str,
+    ) -> AmqpRig {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
@@ -44,7 +54,7 @@ impl AmqpRig {
             .await
             .expect("simulated cluster");
         route_trunk_legs(&sim);
-        let host_config = amqp_host_config(&sim, url, &exchange, &unique("events"), "");
+        let host_config = amqp_host_config(&sim, url, &exchange, &unique("events"), amqp);
         let host = Gateway::start(host_config, runtime_config())
             .await
             .expect("host starts");
@@ -414,5 +424,98 @@ async fn replicas_share_the_queue_each_call_has_one_and_a_stopped_ones_calls_go_
     }
     wait_for("calls ended", || live(&survivor) == 0).await;
     survivor.shutdown();
+    sim.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_calls_spread_over_replicas_in_one_conference_and_a_gone_replicas_calls_move() {
+    let _shared = BROKER.read().await;
+    // The callback deadline counts time spent waiting on ARI and on the replica holding the
+    // conferences; this machine also builds in parallel, so give it room.
+    let patient = AppSettings {
+        callback_deadline: Duration::from_secs(5),
+        ..AppSettings::default()
+    };
+    let AmqpRig { sim, host: first } = AmqpRig::start_with(
+        2,
+        &amqp_url(),
+        &[("conf", "conference", patient.clone())],
+        "share_calls = true\n",
+    )
+    .await;
+    let second = Gateway::start(first.config.clone(), runtime_config())
+        .await
+        .expect("second replica starts");
+    second
+        .load_app("conf", stasis_e2e::plugin("conference"), patient)
+        .await
+        .expect("app loads");
+    wait_for("the second replica sees the nodes", || {
+        second.cluster.nodes().all(|n| n.is_up())
+    })
+    .await;
+    // Replicas announce themselves every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let live = |r: &Gateway| r.catalog.get("conf").map_or(0, |app| app.live_calls());
+    let (a, b) = (sim.node("a"), sim.node("b"));
+
+    let mut calls = Vec::new();
+    for n in 0..12 {
+        let node = if n % 2 == 0 { "a" } else { "b" };
+        let id = sim
+            .node(node)
+            .inject_call(InboundCall {
+                caller_name: format!("caller{n}"),
+                caller_number: "1000".into(),
+                exten: "8000".into(),
+                ..Default::default()
+            })
+            .expect("call injected");
+        calls.push((node, id));
+    }
+    for (node, id) in &calls {
+        let handle = sim.node(node);
+        wait_for(&format!("{id} bridged"), || in_bridge(&handle, id, "conf")).await;
+    }
+    let (on_first, on_second) = (live(&first), live(&second));
+    assert_eq!(
+        on_first + on_second,
+        calls.len(),
+        "each call on exactly one replica"
+    );
+    assert!(
+        on_first > 0 && on_second > 0,
+        "both replicas handle calls: {on_first} and {on_second}"
+    );
+    for (node, id) in &calls {
+        let answers = app_requests(&sim.node(node))
+            .into_iter()
+            .filter(|r| r == &format!("POST /ari/channels/{id}/answer"))
+            .count();
+        assert_eq!(answers, 1, "{id} answered once");
+    }
+    // One conference: one bridge per node, linked by one trunk leg.
+    assert_eq!(a.bridges().len(), 1, "{:?}", a.bridges());
+    assert_eq!(b.bridges().len(), 1, "{:?}", b.bridges());
+
+    // The second replica goes away: the first takes its calls over.
+    second.shutdown();
+    wait_for("the first replica has every call", || {
+        live(&first) == calls.len()
+    })
+    .await;
+    for (node, id) in &calls {
+        let handle = sim.node(node);
+        wait_for("still bridged", || in_bridge(&handle, id, "conf")).await;
+    }
+    for (node, id) in &calls {
+        sim.node(node).hangup_far_end(id, None).unwrap();
+    }
+    wait_for("every call ended", || live(&first) == 0).await;
+    wait_for("the conference left nothing behind", || {
+        a.bridges().is_empty() && b.bridges().is_empty()
+    })
+    .await;
+    first.shutdown();
     sim.shutdown().await;
 }

@@ -37,7 +37,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
-    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::{BasicProperties, Connection, ConnectionProperties, ExchangeKind};
@@ -50,6 +50,7 @@ use crate::conference::TRUNK_APP;
 use crate::config::{Amqp, Intake as IntakeMode};
 use crate::event::{Event, Receipt};
 use crate::ingress::Intake;
+use crate::replicas::{Own, Sharing};
 
 /// Why a broker session ended.
 #[derive(Debug, thiserror::Error)]
@@ -82,17 +83,35 @@ pub fn routing_key(app: &str) -> String {
 /// been declared (0: not yet; nodes must not publish before).
 pub type Declared = watch::Receiver<u64>;
 
+/// What the broker session listens to and reports to.
+pub struct BrokerLinks {
+    /// The app names whose routing keys to bind.
+    pub apps: watch::Receiver<Vec<String>>,
+    /// To dispatch: events, gaps.
+    pub tx: mpsc::Sender<Intake>,
+    /// To the AMQP node tasks: the exchange is declared.
+    pub declared: watch::Sender<u64>,
+    /// From the AMQP node tasks: nodes whose events may have been lost.
+    pub gaps: mpsc::UnboundedReceiver<Arc<Node>>,
+    /// Set when the replicas share calls.
+    pub sharing: Option<Arc<Sharing>>,
+}
+
 /// Runs broker sessions for ever, reconnecting with backoff. `gaps` receives nodes whose
 /// events may have been lost; they are reconciled while this replica is the active consumer.
 pub async fn run_broker(
     config: Amqp,
     cluster: Arc<Cluster>,
-    mut apps: watch::Receiver<Vec<String>>,
-    tx: mpsc::Sender<Intake>,
-    declared: watch::Sender<u64>,
-    mut gaps: mpsc::UnboundedReceiver<Arc<Node>>,
+    links: BrokerLinks,
     max_reconnect: Duration,
 ) {
+    let BrokerLinks {
+        mut apps,
+        tx,
+        declared,
+        mut gaps,
+        sharing,
+    } = links;
     let backoff = ExponentialBuilder::default()
         .with_min_delay(Duration::from_millis(100))
         .with_max_delay(max_reconnect)
@@ -108,8 +127,12 @@ pub async fn run_broker(
             seen: &mut seen,
             active: false,
             consuming: false,
+            sharing: sharing.as_ref(),
         };
         let result = session.run(&mut apps, &declared, &mut gaps).await;
+        if let Some(sharing) = &sharing {
+            sharing.disconnected();
+        }
         if session.consuming {
             // The broker was there: start over from the shortest delay.
             delays = backoff.build();
@@ -140,6 +163,8 @@ struct Session<'a> {
     active: bool,
     /// Whether the session got as far as consuming.
     consuming: bool,
+    /// Set when the replicas share calls (`amqp.share_calls`).
+    sharing: Option<&'a Arc<Sharing>>,
 }
 
 impl Session<'_> {
@@ -190,6 +215,18 @@ impl Session<'_> {
                 FieldTable::default(),
             )
             .await?;
+        let mut own = match self.sharing {
+            Some(sharing) => {
+                channel
+                    .confirm_select(ConfirmSelectOptions::default())
+                    .await?;
+                let own = sharing.declare(&channel).await?;
+                sharing.hello().await?;
+                Some(own)
+            }
+            None => None,
+        };
+        let mut hello = tokio::time::interval(crate::replicas::HELLO_EVERY);
         declared.send_modify(|n| *n += 1);
         self.consuming = true;
         // Whichever replica consumes the queue must catch up with what happened while this
@@ -236,6 +273,22 @@ impl Session<'_> {
                 Some(node) = gaps.recv() => {
                     if self.active {
                         self.reconcile(vec![node]).await?;
+                    }
+                }
+                delivery = next_own(&mut own) => match delivery {
+                    Some(Ok(delivery)) => self.on_own(delivery, &acks).await?,
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(AmqpError::Cancelled),
+                },
+                _ = hello.tick(), if self.sharing.is_some() => {
+                    if let Some(sharing) = self.sharing {
+                        sharing.hello().await?;
+                        for gone in sharing.expired() {
+                            if self.active {
+                                let sharing = (*sharing).clone();
+                                tokio::spawn(async move { sharing.take_over(&gone).await });
+                            }
+                        }
                     }
                 }
                 _ = self.tx.closed() => return Err(AmqpError::Shutdown),
@@ -287,6 +340,9 @@ impl Session<'_> {
             // nobody, or somebody else, consumed.
             if !self.active {
                 info!("this replica is the active consumer of the event queue");
+                if let Some(sharing) = self.sharing {
+                    sharing.routing();
+                }
             }
             self.active = true;
             let nodes: Vec<Arc<Node>> = (self.cluster.nodes())
@@ -297,6 +353,15 @@ impl Session<'_> {
         }
         if is_marker {
             let _ = acks.send(delivery.acker);
+            return Ok(());
+        }
+        if let Some(sharing) = self.sharing
+            && crate::replicas::has_header(&delivery, crate::replicas::RPC)
+        {
+            let (acks, acker) = (acks.clone(), delivery.acker.clone());
+            sharing.serve(delivery, move || {
+                let _ = acks.send(acker);
+            });
             return Ok(());
         }
         let fingerprint = fingerprint(&delivery.data);
@@ -326,6 +391,13 @@ impl Session<'_> {
             return Ok(());
         };
         self.seen.insert(fingerprint);
+        if let Some(sharing) = self.sharing {
+            let (acks, acker) = (acks.clone(), delivery.acker.clone());
+            let ack = move || {
+                let _ = acks.send(acker);
+            };
+            return sharing.route(&node, event, &delivery, ack, self.tx).await;
+        }
         let (acks, acker) = (acks.clone(), delivery.acker);
         let receipt = Receipt::new(move || {
             let _ = acks.send(acker);
@@ -342,15 +414,36 @@ impl Session<'_> {
     /// reconnects to the broker at its own pace, dropping events until it has, and the host
     /// cannot see when.
     async fn reconcile(&self, nodes: Vec<Arc<Node>>) -> Result<(), AmqpError> {
+        if let Some(sharing) = self.sharing {
+            // Every replica reconciles its own calls; the router adopts the unknown ones.
+            let sharing = (*sharing).clone();
+            tokio::spawn(async move {
+                for wait in [Duration::ZERO].into_iter().chain(SETTLE) {
+                    tokio::time::sleep(wait).await;
+                    for node in &nodes {
+                        sharing.reconcile(node).await;
+                    }
+                }
+            });
+            return Ok(());
+        }
         for node in &nodes {
-            self.send(Intake::Gap(node.clone())).await?;
+            self.send(Intake::Gap {
+                node: node.clone(),
+                adopt: true,
+            })
+            .await?;
         }
         let tx = self.tx.clone();
         tokio::spawn(async move {
             for wait in SETTLE {
                 tokio::time::sleep(wait).await;
                 for node in &nodes {
-                    if tx.send(Intake::Gap(node.clone())).await.is_err() {
+                    let gap = Intake::Gap {
+                        node: node.clone(),
+                        adopt: true,
+                    };
+                    if tx.send(gap).await.is_err() {
                         return;
                     }
                 }
@@ -359,8 +452,68 @@ impl Session<'_> {
         Ok(())
     }
 
+    /// A message on this replica's own queue (shared calls).
+    async fn on_own(
+        &mut self,
+        delivery: lapin::message::Delivery,
+        acks: &mpsc::UnboundedSender<lapin::Acker>,
+    ) -> Result<(), AmqpError> {
+        let Some(sharing) = self.sharing else {
+            return Ok(());
+        };
+        let redelivered = match sharing.own(&delivery) {
+            Own::Done => {
+                let _ = acks.send(delivery.acker);
+                return Ok(());
+            }
+            Own::Gap(node) => {
+                let _ = acks.send(delivery.acker);
+                return self.send(Intake::Gap { node, adopt: false }).await;
+            }
+            Own::Event { redelivered } => redelivered,
+        };
+        let fingerprint = fingerprint(&delivery.data);
+        if redelivered && self.seen.contains(fingerprint) {
+            let _ = acks.send(delivery.acker);
+            return Ok(());
+        }
+        let event = match Event::parse_amqp(&delivery.data, None) {
+            Ok(event) => event,
+            Err(e) => {
+                warn!(error = %e, "skipping a malformed event from the router");
+                let _ = acks.send(delivery.acker);
+                return Ok(());
+            }
+        };
+        let Some(node) = self.cluster.by_asterisk_id(&event.asterisk_id).cloned() else {
+            let _ = acks.send(delivery.acker);
+            return Ok(());
+        };
+        self.seen.insert(fingerprint);
+        let (acks, acker) = (acks.clone(), delivery.acker);
+        let receipt = Receipt::new(move || {
+            let _ = acks.send(acker);
+        });
+        self.send(Intake::Event {
+            node,
+            event: Box::new(event),
+            receipt: Some(receipt),
+        })
+        .await
+    }
+
     async fn send(&self, intake: Intake) -> Result<(), AmqpError> {
         self.tx.send(intake).await.map_err(|_| AmqpError::Shutdown)
+    }
+}
+
+/// The next message on this replica's own queue; never, without shared calls.
+async fn next_own(
+    own: &mut Option<lapin::Consumer>,
+) -> Option<Result<lapin::message::Delivery, lapin::Error>> {
+    match own {
+        Some(consumer) => consumer.next().await,
+        None => std::future::pending().await,
     }
 }
 

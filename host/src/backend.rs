@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 /// A typed failure of an ARI operation; mirrors the WIT `ari-error` variant.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum AriError {
     #[error("not found: {0}")]
     NotFound(String),

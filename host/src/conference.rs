@@ -157,7 +157,58 @@ pub struct Conferences {
     roles: Mutex<HashMap<String, Role>>,
     me: Weak<Conferences>,
     on_retire: Mutex<Option<RetireHook>>,
+    /// Where conference operations go when this process does not hold the conferences
+    /// (shared calls across replicas: only the replica consuming the event queue does).
+    remote: Mutex<Option<Remote>>,
+    /// Whether this process holds the conferences (always, without replicas).
+    holding: std::sync::atomic::AtomicBool,
 }
+
+/// A conference operation, as it travels from a replica handling a call to the replica
+/// holding the conferences.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ConferenceOp {
+    GetOrCreate {
+        id: String,
+        mixing: bool,
+        node: String,
+    },
+    Add {
+        id: String,
+        channel: String,
+        node: String,
+    },
+    Remove {
+        id: String,
+        channel: String,
+        node: String,
+    },
+    Destroy {
+        id: String,
+    },
+    Play {
+        id: String,
+        media: String,
+        playback_id: String,
+        fallback: String,
+    },
+    Locate {
+        id: String,
+    },
+}
+
+/// What a conference operation returns: a node name for `Locate`, nothing otherwise.
+pub type ConferenceReply = Result<Option<String>, AriError>;
+
+/// Sends a conference operation to the replica holding the conferences.
+pub type Remote = Arc<
+    dyn Fn(
+            ConferenceOp,
+        ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ConferenceReply> + Send>>
+        + Send
+        + Sync,
+>;
 
 impl std::fmt::Debug for Conferences {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -203,6 +254,8 @@ impl Conferences {
             bridges: Mutex::new(HashMap::new()),
             roles: Mutex::new(HashMap::new()),
             me: me.clone(),
+            remote: Mutex::new(None),
+            holding: std::sync::atomic::AtomicBool::new(true),
             on_retire: Mutex::new(None),
         })
     }
@@ -283,6 +336,146 @@ impl Conferences {
         (channels.len() != before).then(|| value.to_string())
     }
 
+    /// Sends conference operations to `remote` whenever this process does not hold the
+    /// conferences (see [`Conferences::set_holding`]).
+    pub fn set_remote(&self, remote: Remote) {
+        *self.remote.lock() = Some(remote);
+    }
+
+    /// Whether this process holds the conferences (the replica consuming the event queue).
+    pub fn set_holding(&self, holding: bool) {
+        self.holding
+            .store(holding, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    fn forward(&self) -> Option<Remote> {
+        if self.holding.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        self.remote.lock().clone()
+    }
+
+    /// Runs `op` here, whoever holds the conferences: for operations other replicas send.
+    pub async fn execute(&self, op: ConferenceOp) -> ConferenceReply {
+        match op {
+            ConferenceOp::GetOrCreate { id, mixing, node } => {
+                let kind = if mixing {
+                    BridgeType::Mixing
+                } else {
+                    BridgeType::Holding
+                };
+                self.get_or_create_here(&id, kind, &node)
+                    .await
+                    .map(|_| None)
+            }
+            ConferenceOp::Add { id, channel, node } => {
+                self.add_here(&id, &channel, &node).await.map(|_| None)
+            }
+            ConferenceOp::Remove { id, channel, node } => {
+                self.remove_here(&id, &channel, &node).await.map(|_| None)
+            }
+            ConferenceOp::Destroy { id } => self.destroy_here(&id).await.map(|_| None),
+            ConferenceOp::Play {
+                id,
+                media,
+                playback_id,
+                fallback,
+            } => self
+                .play_here(&id, &media, &playback_id, &fallback)
+                .await
+                .map(|_| None),
+            ConferenceOp::Locate { id } => self.locate_here(&id).await.map(Some),
+        }
+    }
+
+    /// `get-or-create-bridge` from a call on `node`.
+    pub async fn get_or_create(
+        &self,
+        id: &str,
+        kind: BridgeType,
+        node: &str,
+    ) -> Result<(), AriError> {
+        match self.forward() {
+            Some(remote) => remote(ConferenceOp::GetOrCreate {
+                id: id.into(),
+                mixing: kind == BridgeType::Mixing,
+                node: node.into(),
+            })
+            .await
+            .map(|_| ()),
+            None => self.get_or_create_here(id, kind, node).await,
+        }
+    }
+
+    /// `bridge-add`: `channel` on `node` joins conference `id`.
+    pub async fn add(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
+        match self.forward() {
+            Some(remote) => remote(ConferenceOp::Add {
+                id: id.into(),
+                channel: channel.into(),
+                node: node.into(),
+            })
+            .await
+            .map(|_| ()),
+            None => self.add_here(id, channel, node).await,
+        }
+    }
+
+    /// `bridge-remove`: `channel` on `node` leaves conference `id`.
+    pub async fn remove(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
+        match self.forward() {
+            Some(remote) => remote(ConferenceOp::Remove {
+                id: id.into(),
+                channel: channel.into(),
+                node: node.into(),
+            })
+            .await
+            .map(|_| ()),
+            None => self.remove_here(id, channel, node).await,
+        }
+    }
+
+    /// `bridge-destroy`: every part of conference `id` goes.
+    pub async fn destroy(&self, id: &str) -> Result<(), AriError> {
+        match self.forward() {
+            Some(remote) => remote(ConferenceOp::Destroy { id: id.into() })
+                .await
+                .map(|_| ()),
+            None => self.destroy_here(id).await,
+        }
+    }
+
+    /// `play-on-bridge`: plays in the home bridge (every part hears it through its leg).
+    pub async fn play(
+        &self,
+        id: &str,
+        media: &str,
+        playback_id: &str,
+        fallback: &str,
+    ) -> Result<(), AriError> {
+        match self.forward() {
+            Some(remote) => remote(ConferenceOp::Play {
+                id: id.into(),
+                media: media.into(),
+                playback_id: playback_id.into(),
+                fallback: fallback.into(),
+            })
+            .await
+            .map(|_| ()),
+            None => self.play_here(id, media, playback_id, fallback).await,
+        }
+    }
+
+    /// The node to send a request about bridge `id` to: its home, else whichever node has it.
+    pub async fn locate(&self, id: &str) -> Result<String, AriError> {
+        match self.forward() {
+            Some(remote) => remote(ConferenceOp::Locate { id: id.into() })
+                .await?
+                .ok_or_else(|| AriError::Failed("no node in the locate reply".into())),
+            None => self.locate_here(id).await,
+        }
+    }
+
     /// The node holding the home bridge of `id`.
     pub fn home(&self, id: &str) -> Option<String> {
         let shared = self.existing(id)?;
@@ -291,7 +484,7 @@ impl Conferences {
     }
 
     /// `get-or-create-bridge` from a call on `node`.
-    pub async fn get_or_create(
+    async fn get_or_create_here(
         &self,
         id: &str,
         kind: BridgeType,
@@ -302,13 +495,13 @@ impl Conferences {
         let mut conf = shared.lock().await;
         if conf.gone {
             drop(conf);
-            return Box::pin(self.get_or_create(id, kind, node)).await;
+            return Box::pin(self.get_or_create_here(id, kind, node)).await;
         }
         self.ensure_part(&mut conf, node).await
     }
 
     /// `bridge-add`: `channel` on `node` joins conference `id`.
-    pub async fn add(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
+    async fn add_here(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
         check_id(id)?;
         let shared = match self.existing(id) {
             Some(shared) => shared,
@@ -377,7 +570,7 @@ impl Conferences {
     }
 
     /// `bridge-remove`.
-    pub async fn remove(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
+    async fn remove_here(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
         let target = self.node(node)?;
         target
             .client
@@ -404,7 +597,7 @@ impl Conferences {
     }
 
     /// `bridge-destroy`: every part, every leg.
-    pub async fn destroy(&self, id: &str) -> Result<(), AriError> {
+    async fn destroy_here(&self, id: &str) -> Result<(), AriError> {
         let Some(shared) = self.bridges.lock().remove(id) else {
             let node = self.find_bridge(id).await?;
             let node = self.node(&node)?;
@@ -428,7 +621,7 @@ impl Conferences {
     }
 
     /// `play-on-bridge`: played in the home bridge, which every part hears through its leg.
-    pub async fn play(
+    async fn play_here(
         &self,
         id: &str,
         media: &str,
@@ -454,7 +647,7 @@ impl Conferences {
     }
 
     /// The node to send a request about bridge `id` to: its home, else whichever node has it.
-    pub async fn locate(&self, id: &str) -> Result<String, AriError> {
+    async fn locate_here(&self, id: &str) -> Result<String, AriError> {
         match self.existing(id) {
             Some(shared) => Ok(shared.lock().await.home.clone()),
             None => self.find_bridge(id).await,

@@ -206,6 +206,10 @@ pub struct Amqp {
     pub register: bool,
     /// How often the host checks an AMQP node's health (it has no socket to the node).
     pub poll_ms: u64,
+    /// Replicas share the calls: the one consuming the event queue routes each call to one
+    /// replica (see `replicas.rs`). Off: that one replica handles every call, the others
+    /// stand by.
+    pub share_calls: bool,
     /// Durable RabbitMQ stream that carries every uploaded app version to every replica.
     /// Empty: uploads stay on the replica that received them.
     pub apps_stream: String,
@@ -220,6 +224,7 @@ impl Default for Amqp {
             prefetch: 256,
             register: true,
             poll_ms: 1000,
+            share_calls: false,
             apps_stream: String::new(),
         }
     }

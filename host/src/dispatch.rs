@@ -101,6 +101,8 @@ pub struct Dispatch {
     /// Channels that recently left Stasis: a reconcile listing taken before they ended, or
     /// a StasisStart delivered again, must not bring them back as calls.
     ended: Recent,
+    /// Whether dispatch feeds the conferences (not where a router of shared calls does).
+    conference_notes: bool,
 }
 
 /// The last [`Recent::CAPACITY`] channel ids that ended, oldest forgotten first.
@@ -162,6 +164,7 @@ impl Dispatch {
             internal_rx,
             external: None,
             ended: Recent::default(),
+            conference_notes: true,
         }
     }
 
@@ -169,6 +172,12 @@ impl Dispatch {
     /// instead of treating them as calls for unknown apps.
     pub fn with_external(mut self, external: Arc<crate::facade::events::ExternalApps>) -> Dispatch {
         self.external = Some(external);
+        self
+    }
+
+    /// Leaves feeding the conferences to the router of shared calls, which sees every event.
+    pub fn without_conference_notes(mut self) -> Dispatch {
+        self.conference_notes = false;
         self
     }
 
@@ -184,7 +193,7 @@ impl Dispatch {
                 message = intake.recv() => match message {
                     Some(Intake::Event { node, event, receipt }) => self.on_event(&node, *event, receipt),
                     Some(Intake::NodeUp(node)) => self.on_node_up(&node),
-                    Some(Intake::Gap(node)) => self.reconcile(&node, true),
+                    Some(Intake::Gap { node, adopt }) => self.reconcile(&node, adopt),
                     Some(Intake::NodeDown(node)) => self.on_node_down(&node),
                     None => break,
                 },
@@ -362,37 +371,10 @@ impl Dispatch {
 
     /// Tells the conferences what concerns them, in order, without waiting for them.
     fn note_conferences(&self, node: &Node, event: &Event) {
-        let note = match &event.kind {
-            Kind::StasisStart { channel, args } if event.application == TRUNK_APP => {
-                Some(Note::LegStarted {
-                    node: node.name.clone(),
-                    channel: channel.id.clone(),
-                    args: args.clone(),
-                })
-            }
-            Kind::StasisEnd { channel } | Kind::ChannelDestroyed { channel }
-                if self.conferences.involves(&channel.id) =>
-            {
-                Some(Note::ChannelGone {
-                    channel: channel.id.clone(),
-                })
-            }
-            Kind::ChannelLeftBridge { channel, bridge }
-                if self.conferences.involves(&channel.id) =>
-            {
-                Some(Note::LeftBridge {
-                    channel: channel.id.clone(),
-                    bridge: bridge.id.clone(),
-                })
-            }
-            Kind::BridgeDestroyed { bridge } => Some(Note::BridgeDestroyed {
-                node: node.name.clone(),
-                bridge: bridge.id.clone(),
-                created: bridge.creationtime.clone(),
-            }),
-            _ => None,
-        };
-        if let Some(note) = note {
+        if !self.conference_notes {
+            return;
+        }
+        if let Some(note) = conference_note(&self.conferences, &node.name, event) {
             let _ = self.notes.send(note);
         }
     }
@@ -702,6 +684,38 @@ impl Dispatch {
             }
         }
         gone.len()
+    }
+}
+
+/// What `event` from `node` tells the conferences, if anything.
+pub fn conference_note(conferences: &Conferences, node: &str, event: &Event) -> Option<Note> {
+    match &event.kind {
+        Kind::StasisStart { channel, args } if event.application == TRUNK_APP => {
+            Some(Note::LegStarted {
+                node: node.to_string(),
+                channel: channel.id.clone(),
+                args: args.clone(),
+            })
+        }
+        Kind::StasisEnd { channel } | Kind::ChannelDestroyed { channel }
+            if conferences.involves(&channel.id) =>
+        {
+            Some(Note::ChannelGone {
+                channel: channel.id.clone(),
+            })
+        }
+        Kind::ChannelLeftBridge { channel, bridge } if conferences.involves(&channel.id) => {
+            Some(Note::LeftBridge {
+                channel: channel.id.clone(),
+                bridge: bridge.id.clone(),
+            })
+        }
+        Kind::BridgeDestroyed { bridge } => Some(Note::BridgeDestroyed {
+            node: node.to_string(),
+            bridge: bridge.id.clone(),
+            created: bridge.creationtime.clone(),
+        }),
+        _ => None,
     }
 }
 

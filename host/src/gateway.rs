@@ -21,6 +21,7 @@ use crate::dispatch::{Dispatch, DispatchControl};
 use crate::facade::events::{ExternalApps, merged_names};
 use crate::ingress;
 use crate::ownership::Ownership;
+use crate::replicas::Sharing;
 use crate::router::Router;
 use crate::runtime::{App, AppSettings, FaultPolicy, Runtime, RuntimeConfig, RuntimeError};
 
@@ -82,7 +83,23 @@ impl Gateway {
         let (tx, rx) = mpsc::channel(INTAKE_QUEUE);
         let (notes_tx, mut notes_rx) = mpsc::unbounded_channel();
         let mut tasks = Vec::new();
-        let dispatch = Dispatch::new(
+        // Replicas sharing calls: the one consuming the event queue routes them and holds
+        // the conferences (replicas.rs).
+        let sharing = config
+            .amqp
+            .as_ref()
+            .filter(|amqp| amqp.share_calls)
+            .map(|amqp| {
+                Sharing::new(
+                    &amqp.queue,
+                    conferences.clone(),
+                    notes_tx.clone(),
+                    catalog.clone(),
+                    cluster.clone(),
+                    config.limits.request_timeout(),
+                )
+            });
+        let mut dispatch = Dispatch::new(
             catalog.clone(),
             cluster.clone(),
             ownership.clone(),
@@ -91,6 +108,9 @@ impl Gateway {
             notes_tx,
             config.limits.node_grace(),
         );
+        if sharing.is_some() {
+            dispatch = dispatch.without_conference_notes();
+        }
         let notes_conferences = conferences.clone();
         tasks.push(tokio::spawn(async move {
             while let Some(note) = notes_rx.recv().await {
@@ -135,10 +155,13 @@ impl Gateway {
             tasks.push(tokio::spawn(amqp::run_broker(
                 amqp.clone(),
                 cluster.clone(),
-                names.clone(),
-                tx.clone(),
-                declared_tx,
-                gaps,
+                amqp::BrokerLinks {
+                    apps: names.clone(),
+                    tx: tx.clone(),
+                    declared: declared_tx,
+                    gaps,
+                    sharing,
+                },
                 max_reconnect,
             )));
         }

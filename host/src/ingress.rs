@@ -41,8 +41,9 @@ pub enum Intake {
     /// The node's event connection dropped.
     NodeDown(Arc<Node>),
     /// Some of the node's events may have been lost (broker restart, node restart) while
-    /// the node itself stayed up: dispatch reconciles with it.
-    Gap(Arc<Node>),
+    /// the node itself stayed up: dispatch reconciles with it, and starts calls for channels
+    /// in its apps it never heard of if `adopt` (not where a router of shared calls does).
+    Gap { node: Arc<Node>, adopt: bool },
 }
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
