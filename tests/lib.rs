@@ -67,6 +67,7 @@ impl Rig {
     }
 
     pub async fn start_with(sim_config: ClusterConfig, apps: &[(&str, &str)]) -> Rig {
+        init_logging();
         let sim = stasis_sim::Cluster::start(sim_config)
             .await
             .expect("simulated cluster");
@@ -161,6 +162,14 @@ pub fn route_trunk_legs(sim: &stasis_sim::Cluster) {
             },
         );
     }
+}
+
+/// Logs to the test output, filtered by `RUST_LOG` (nothing by default).
+pub fn init_logging() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
 }
 
 /// Polls `ready` until it holds; panics with `what` after [`PATIENCE`].

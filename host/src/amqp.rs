@@ -177,6 +177,22 @@ impl Session<'_> {
         let properties =
             ConnectionProperties::default().with_connection_name("stasis-host intake".into());
         let connection = Connection::connect(&self.config.url, properties).await?;
+        let result = self.consume(&connection, apps, declared, gaps).await;
+        if matches!(result, Err(AmqpError::Shutdown)) {
+            // Close explicitly: lapin keeps a dropped connection open, and RabbitMQ moves the
+            // queue to another replica only once this one's connection is gone.
+            let _ = connection.close(200, "host shutting down".into()).await;
+        }
+        result
+    }
+
+    async fn consume(
+        &mut self,
+        connection: &Connection,
+        apps: &mut watch::Receiver<Vec<String>>,
+        declared: &watch::Sender<u64>,
+        gaps: &mut mpsc::UnboundedReceiver<Arc<Node>>,
+    ) -> Result<(), AmqpError> {
         let channel = connection.create_channel().await?;
         channel
             .exchange_declare(

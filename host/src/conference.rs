@@ -162,6 +162,30 @@ pub struct Conferences {
     remote: Mutex<Option<Remote>>,
     /// Whether this process holds the conferences (always, without replicas).
     holding: std::sync::atomic::AtomicBool,
+    /// Ids of finished conferences whose bridges are still being deleted: a new conference
+    /// under the same id waits, or its bridge could be created just before the old one's
+    /// DELETE reaches the node (which would then delete the new one).
+    retiring: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// Held while a finished conference's bridges are deleted; see `Conferences::retiring`.
+struct Retiring<'a> {
+    conferences: &'a Conferences,
+    id: String,
+    gate: Arc<tokio::sync::Mutex<()>>,
+    _held: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl Drop for Retiring<'_> {
+    fn drop(&mut self) {
+        let mut retiring = self.conferences.retiring.lock();
+        if retiring
+            .get(&self.id)
+            .is_some_and(|gate| Arc::ptr_eq(gate, &self.gate))
+        {
+            retiring.remove(&self.id);
+        }
+    }
 }
 
 /// A conference operation, as it travels from a replica handling a call to the replica
@@ -256,6 +280,7 @@ impl Conferences {
             me: me.clone(),
             remote: Mutex::new(None),
             holding: std::sync::atomic::AtomicBool::new(true),
+            retiring: Mutex::new(HashMap::new()),
             on_retire: Mutex::new(None),
         })
     }
@@ -491,6 +516,7 @@ impl Conferences {
         node: &str,
     ) -> Result<(), AriError> {
         check_id(id)?;
+        self.wait_retired(id).await;
         let shared = self.entry(id, kind, node);
         let mut conf = shared.lock().await;
         if conf.gone {
@@ -503,6 +529,7 @@ impl Conferences {
     /// `bridge-add`: `channel` on `node` joins conference `id`.
     async fn add_here(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
         check_id(id)?;
+        self.wait_retired(id).await;
         let shared = match self.existing(id) {
             Some(shared) => shared,
             None => {
@@ -606,6 +633,7 @@ impl Conferences {
                 .await?;
             return Ok(());
         };
+        let _retiring = self.gate(id);
         let mut conf = shared.lock().await;
         conf.gone = true;
         self.retired(id);
@@ -1030,11 +1058,35 @@ impl Conferences {
     /// bridges goes out: the node's BridgeDestroyed for it must find the id free, and a new
     /// get-or-create of the same id must start a new conference. Called with the
     /// conference's lock held, so the map entry is this conference.
-    fn retire(&self, conf: &mut Conference) {
-        if !conf.gone {
-            conf.gone = true;
-            self.bridges.lock().remove(&conf.id);
-            self.retired(&conf.id);
+    fn retire(&self, conf: &mut Conference) -> Option<Retiring<'_>> {
+        if conf.gone {
+            return None;
+        }
+        conf.gone = true;
+        let gate = self.gate(&conf.id);
+        self.bridges.lock().remove(&conf.id);
+        self.retired(&conf.id);
+        Some(gate)
+    }
+
+    /// Closes the id to new conferences until the returned guard drops.
+    fn gate(&self, id: &str) -> Retiring<'_> {
+        let gate = Arc::new(tokio::sync::Mutex::new(()));
+        let held = gate.clone().try_lock_owned().expect("a new mutex is free");
+        self.retiring.lock().insert(id.to_string(), gate.clone());
+        Retiring {
+            conferences: self,
+            id: id.to_string(),
+            gate,
+            _held: held,
+        }
+    }
+
+    /// Waits until the bridges of a finished conference with this id are deleted.
+    async fn wait_retired(&self, id: &str) {
+        let gate = self.retiring.lock().get(id).cloned();
+        if let Some(gate) = gate {
+            let _ = gate.lock().await;
         }
     }
 
@@ -1052,7 +1104,7 @@ impl Conferences {
         if !idle || conf.gone {
             return;
         }
-        self.retire(conf);
+        let _retiring = self.retire(conf);
         if let Some(part) = conf.parts.remove(&home) {
             let _ = self.drop_part(&conf.id, &home, part).await;
         }
@@ -1109,7 +1161,7 @@ impl Conferences {
             .get(node)
             .is_some_and(|p| created.is_empty() || p.created.is_empty() || p.created == created);
         if same_bridge && conf.parts.remove(node).is_some() && conf.parts.is_empty() {
-            self.retire(&mut conf);
+            let _ = self.retire(&mut conf);
         }
     }
 
@@ -1144,7 +1196,7 @@ impl Conferences {
                 .max_by_key(|(_, p)| p.members.len())
                 .map(|(n, _)| n.clone())
             else {
-                self.retire(&mut conf);
+                let _ = self.retire(&mut conf);
                 continue;
             };
             warn!(bridge = %conf.id, old = node, new = %new_home, "home node lost: conference re-homed");

@@ -470,6 +470,32 @@ mod tests {
     }
 
     #[test]
+    fn amqp_intake_needs_a_broker_and_takes_its_defaults() {
+        let amqp_node = r#"[nodes.a]
+            ari_url = "http://x:1"
+            username = "u"
+            password = "p"
+            intake = "amqp""#;
+        assert!(
+            err(amqp_node).contains("nodes.a.intake"),
+            "{}",
+            err(amqp_node)
+        );
+        let bad_url = format!("{amqp_node}\n[amqp]\nurl = \"http://x\"\n");
+        assert!(err(&bad_url).contains("amqp.url"), "{}", err(&bad_url));
+        let good = format!(
+            "{amqp_node}\n[amqp]\nurl = \"amqp://u:p@127.0.0.1:5673/%2f\"\nshare_calls = true\n"
+        );
+        let c = Config::from_toml(&good).unwrap();
+        let amqp = c.amqp.unwrap();
+        assert_eq!(c.nodes["a"].intake, Intake::Amqp);
+        assert_eq!(amqp.exchange, "stasis");
+        assert_eq!(amqp.queue, "stasis-host.events");
+        assert!(amqp.register && amqp.share_calls);
+        assert_eq!(amqp.poll(), Duration::from_secs(1));
+    }
+
+    #[test]
     fn admin_off_loopback_requires_a_token() {
         let open = format!("{GOOD}\n[listen]\nadmin = \"0.0.0.0:8090\"\n");
         assert!(err(&open).contains("listen.admin_token"), "{}", err(&open));

@@ -152,7 +152,9 @@ impl Gateway {
         }
         let amqp_nodes = cluster.nodes().any(|n| n.config.intake == Intake::Amqp);
         if let Some(amqp) = config.amqp.as_ref().filter(|_| amqp_nodes) {
-            tasks.push(tokio::spawn(amqp::run_broker(
+            // Not aborted at shutdown: it ends by itself once dispatch is gone, closing its
+            // broker connection on the way (so the queue moves to another replica at once).
+            drop(tokio::spawn(amqp::run_broker(
                 amqp.clone(),
                 cluster.clone(),
                 amqp::BrokerLinks {
