@@ -256,11 +256,24 @@ pub struct Config {
     pub amqp: Option<Amqp>,
 }
 
+/// The sections environment variables may override. Other `STASIS_*` variables (`STASIS_LOG`,
+/// the test suite's `STASIS_TEST_*`) are not configuration.
+const SECTIONS: [&str; 7] = [
+    "nodes__", "apps__", "limits__", "listen__", "store__", "facade__", "amqp__",
+];
+
 impl Config {
     /// Reads `path`, applies `STASIS_*` environment overrides, validates.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         Self::from_figment(
-            Figment::from(Toml::file_exact(path)).merge(Env::prefixed("STASIS_").split("__")),
+            Figment::from(Toml::file_exact(path)).merge(
+                Env::prefixed("STASIS_")
+                    .filter(|key| {
+                        let key = key.as_str().to_ascii_lowercase();
+                        SECTIONS.iter().any(|s| key.starts_with(s))
+                    })
+                    .split("__"),
+            ),
         )
     }
 
@@ -525,6 +538,8 @@ mod tests {
         std::fs::write(&path, GOOD).unwrap();
         figment::Jail::expect_with(|jail| {
             jail.set_env("STASIS_NODES__A__PASSWORD", "from-env");
+            jail.set_env("STASIS_LOG", "debug");
+            jail.set_env("STASIS_TEST_AMQP_URL", "amqp://elsewhere");
             let c = Config::load(&path).map_err(|e| e.to_string())?;
             assert_eq!(c.nodes["a"].password, "from-env");
             assert_eq!(c.nodes["b"].password, "secret");
