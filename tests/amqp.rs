@@ -430,16 +430,11 @@ async fn replicas_share_the_queue_each_call_has_one_and_a_stopped_ones_calls_go_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_calls_spread_over_replicas_in_one_conference_and_a_gone_replicas_calls_move() {
     let _shared = BROKER.read().await;
-    // The callback deadline counts time spent waiting on ARI and on the replica holding the
-    // conferences; this machine also builds in parallel, so give it room.
-    let patient = AppSettings {
-        callback_deadline: Duration::from_secs(5),
-        ..AppSettings::default()
-    };
+    let settings = AppSettings::default();
     let AmqpRig { sim, host: first } = AmqpRig::start_with(
         2,
         &amqp_url(),
-        &[("conf", "conference", patient.clone())],
+        &[("conf", "conference", settings.clone())],
         "share_calls = true\n",
     )
     .await;
@@ -447,7 +442,7 @@ async fn shared_calls_spread_over_replicas_in_one_conference_and_a_gone_replicas
         .await
         .expect("second replica starts");
     second
-        .load_app("conf", stasis_e2e::plugin("conference"), patient)
+        .load_app("conf", stasis_e2e::plugin("conference"), settings)
         .await
         .expect("app loads");
     wait_for("the second replica sees the nodes", || {

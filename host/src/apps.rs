@@ -153,6 +153,7 @@ pub fn settings_of(limits: &AppLimits) -> AppSettings {
             OnFault::Hangup => FaultPolicy::Hangup,
             OnFault::Continue => FaultPolicy::Continue,
         },
+        ..AppSettings::default()
     }
 }
 

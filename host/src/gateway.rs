@@ -235,5 +235,6 @@ pub fn settings(app: &AppConfig) -> AppSettings {
             OnFault::Hangup => FaultPolicy::Hangup,
             OnFault::Continue => FaultPolicy::Continue,
         },
+        ..AppSettings::default()
     }
 }

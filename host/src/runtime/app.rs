@@ -27,8 +27,12 @@ pub struct AppSettings {
     pub max_live_calls: usize,
     /// Most bytes of linear memory per instance (≤ the runtime's memory ceiling).
     pub max_memory_bytes: usize,
-    /// Wall-clock budget of one callback, ARI requests included.
+    /// Budget of one callback for the guest's own time: time spent waiting on ARI is
+    /// credited back, up to `max_host_wait` (so a slow node cannot fault a healthy app,
+    /// and a request that never returns still ends the callback).
     pub callback_deadline: Duration,
+    /// Most time one callback may spend waiting on ARI on top of its deadline.
+    pub max_host_wait: Duration,
     /// What happens to a call whose instance faults.
     pub on_fault: FaultPolicy,
 }
@@ -39,6 +43,7 @@ impl Default for AppSettings {
             max_live_calls: 1_000,
             max_memory_bytes: 16 << 20,
             callback_deadline: Duration::from_secs(1),
+            max_host_wait: Duration::from_secs(10),
             on_fault: FaultPolicy::Hangup,
         }
     }

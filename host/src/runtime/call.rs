@@ -185,6 +185,7 @@ impl CallState {
                 },
                 tag,
                 owned: Vec::new(),
+                waited: Arc::default(),
             },
         }
     }
@@ -206,6 +207,46 @@ pub(crate) struct ImportCtx {
     pub(crate) tag: Arc<OutputTag>,
     /// Playbacks and recordings this call started: revoked when it ends.
     pub(crate) owned: Vec<Resource>,
+    /// Time the current callback spends waiting on ARI: the callback deadline budgets the
+    /// guest's own time.
+    pub(crate) waited: Arc<HostWait>,
+}
+
+/// Time one callback spent waiting on ARI requests, finished and in flight.
+#[derive(Default)]
+pub(crate) struct HostWait {
+    finished_ns: std::sync::atomic::AtomicU64,
+    since: parking_lot::Mutex<Option<Instant>>,
+}
+
+impl HostWait {
+    fn reset(&self) {
+        self.finished_ns
+            .store(0, std::sync::atomic::Ordering::Relaxed);
+        *self.since.lock() = None;
+    }
+
+    /// A request starts.
+    pub(crate) fn begin(&self) {
+        *self.since.lock() = Some(Instant::now());
+    }
+
+    /// The request started by [`HostWait::begin`] is over.
+    pub(crate) fn end(&self) {
+        if let Some(since) = self.since.lock().take() {
+            let ns = since.elapsed().as_nanos().min(u128::from(u64::MAX)) as u64;
+            self.finished_ns
+                .fetch_add(ns, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Waiting so far, the request in flight included, at most `cap`.
+    fn total(&self, cap: Duration) -> Duration {
+        let finished =
+            Duration::from_nanos(self.finished_ns.load(std::sync::atomic::Ordering::Relaxed));
+        let in_flight = self.since.lock().map_or(Duration::ZERO, |s| s.elapsed());
+        (finished + in_flight).min(cap)
+    }
 }
 
 /// A reserved live-call slot; releasing it (drop) also revokes the call's channel.
@@ -342,6 +383,7 @@ impl Instance {
                 origin,
                 tag,
                 owned: Vec::new(),
+                waited: Arc::default(),
             },
         };
         let mut store = Store::new(&app.runtime.engine, state);
@@ -349,7 +391,9 @@ impl Instance {
         // Every tick: past the deadline → trap; otherwise yield to the executor so a busy
         // guest shares its thread, and check again next tick.
         store.epoch_deadline_callback(|ctx| {
-            if Instant::now() >= ctx.data().deadline {
+            let state = ctx.data();
+            let cap = state.imports.app.settings.max_host_wait;
+            if Instant::now() >= state.deadline + state.imports.waited.total(cap) {
                 Err(wasmtime::Error::new(DeadlineExceeded))
             } else {
                 Ok(UpdateDeadline::Yield(1))
@@ -384,7 +428,11 @@ impl Instance {
         ctx: &wit::CallContext,
         deadline: Duration,
     ) -> Result<(), Fault> {
-        self.store.data_mut().deadline = Instant::now() + deadline;
+        let started = Instant::now();
+        self.store.data_mut().deadline = started + deadline;
+        let waited = self.store.data().imports.waited.clone();
+        waited.reset();
+        let cap = self.store.data().imports.app.settings.max_host_wait;
         self.store.set_epoch_deadline(1);
         // Fault reports quote only this callback's stderr.
         let _ = self.stderr.take_recent();
@@ -411,7 +459,20 @@ impl Instance {
             }
             Callback::Event(CallEvent::End) => Box::pin(cbs.call_on_end(store, ctx)),
         };
-        let result = tokio::time::timeout(deadline + TIMEOUT_SLACK, fut).await;
+        // The executor-side limit moves with the time spent waiting on ARI, like the
+        // guest-side one; each request is bounded by its own timeout.
+        let limit = || started + deadline + TIMEOUT_SLACK + waited.total(cap);
+        let mut fut = fut;
+        let result = loop {
+            tokio::select! {
+                done = &mut fut => break Ok(done),
+                _ = tokio::time::sleep_until(limit().into()) => {
+                    if Instant::now() >= limit() {
+                        break Err(());
+                    }
+                }
+            }
+        };
         self.stderr.flush_partial();
         match result {
             Ok(Ok(())) => Ok(()),

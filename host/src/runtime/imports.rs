@@ -37,11 +37,10 @@ impl ImportCtx {
     }
 
     async fn send(&self, op: Operation) -> Result<Outcome, wit::AriError> {
-        self.app
-            .backend
-            .execute(&self.origin, op)
-            .await
-            .map_err(wit::AriError::from)
+        self.waited.begin();
+        let result = self.app.backend.execute(&self.origin, op).await;
+        self.waited.end();
+        result.map_err(wit::AriError::from)
     }
 
     async fn channel_op(&self, what: &str, channel: &str, op: Operation) -> WitResult<()> {

@@ -552,10 +552,11 @@ async fn a_cap_below_the_initial_memory_fails_at_instantiation() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stuck_host_call_is_bounded_by_the_deadline() {
+async fn stuck_host_call_is_bounded_by_the_deadline_plus_the_host_wait_cap() {
     let deadline = Duration::from_millis(200);
     let settings = AppSettings {
         callback_deadline: deadline,
+        max_host_wait: Duration::from_millis(300),
         ..AppSettings::default()
     };
     let (app, backend) = load_with("probe", "rt-stuck", settings);
@@ -568,8 +569,9 @@ async fn stuck_host_call_is_bounded_by_the_deadline() {
         .unwrap();
     let report = tokio::time::timeout(Duration::from_secs(2), h.finished())
         .await
-        .expect("the deadline must bound a callback awaiting the host");
+        .expect("the deadline and the host-wait cap must bound a callback awaiting the host");
     assert_eq!(report.fault, Some(Fault::Deadline(deadline)));
+    assert!(started.elapsed() >= Duration::from_millis(500));
     assert!(started.elapsed() < Duration::from_millis(1500));
     assert_eq!(
         backend.operations_of("stuck-1"),
@@ -583,6 +585,46 @@ async fn stuck_host_call_is_bounded_by_the_deadline() {
             }
         ]
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_waiting_on_ari_does_not_count_against_the_deadline() {
+    // 150 ms of guest work and a 400 ms answer: 550 ms in all, well past the 300 ms
+    // deadline, but the guest itself used only half of it.
+    let deadline = Duration::from_millis(300);
+    let settings = AppSettings {
+        callback_deadline: deadline,
+        ..AppSettings::default()
+    };
+    let (app, backend) = load_with("probe", "rt-slow-node", settings);
+    backend.delay_where(Duration::from_millis(400), |op| {
+        matches!(op, Operation::Answer { .. })
+    });
+    let h = app
+        .start_call(ctx("rt-slow-node", "slow-node-1", &["slow", "150"]))
+        .unwrap();
+    h.deliver(CallEvent::End, None);
+    let report = h.finished().await;
+    assert_eq!(report.fault, None, "{report:?}");
+    assert_eq!(
+        backend.operations_of("slow-node-1"),
+        vec![Operation::Answer {
+            channel: "slow-node-1".into()
+        }]
+    );
+    // Guest time alone still hits it.
+    let (app, _) = load_with(
+        "probe",
+        "rt-slow-guest",
+        AppSettings {
+            callback_deadline: deadline,
+            ..AppSettings::default()
+        },
+    );
+    let h = app
+        .start_call(ctx("rt-slow-guest", "slow-guest-1", &["slow", "600"]))
+        .unwrap();
+    assert_eq!(h.finished().await.fault, Some(Fault::Deadline(deadline)));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
