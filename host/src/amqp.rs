@@ -261,15 +261,10 @@ impl Session<'_> {
         info!(broker = %redact(&self.config.url), exchange = %self.config.exchange,
             queue = %self.config.queue, "AMQP intake consuming");
 
-        // Acks go out in the order the calls finish with their events, from one task.
-        let (acks, mut to_ack) = mpsc::unbounded_channel::<lapin::Acker>();
-        let acker = tokio::spawn(async move {
-            while let Some(delivery) = to_ack.recv().await {
-                if let Err(e) = delivery.ack(BasicAckOptions::default()).await {
-                    debug!(error = %e, "ack failed; the broker will redeliver");
-                }
-            }
-        });
+        // Acks go out from one task, batched (see `Acks`).
+        let (acks, to_ack) = mpsc::unbounded_channel::<(u64, lapin::Acker)>();
+        let acks = Acks(acks);
+        let acker = tokio::spawn(acknowledge(to_ack));
         let _stop_acker = AbortOnDrop(acker);
 
         loop {
@@ -343,7 +338,7 @@ impl Session<'_> {
     async fn on_delivery(
         &mut self,
         delivery: lapin::message::Delivery,
-        acks: &mpsc::UnboundedSender<lapin::Acker>,
+        acks: &Acks,
     ) -> Result<(), AmqpError> {
         let is_marker = delivery
             .properties
@@ -368,22 +363,20 @@ impl Session<'_> {
             self.reconcile(nodes).await?;
         }
         if is_marker {
-            let _ = acks.send(delivery.acker);
+            acks.done(&delivery);
             return Ok(());
         }
         if let Some(sharing) = self.sharing
             && crate::replicas::has_header(&delivery, crate::replicas::RPC)
         {
-            let (acks, acker) = (acks.clone(), delivery.acker.clone());
-            sharing.serve(delivery, move || {
-                let _ = acks.send(acker);
-            });
+            let ack = acks.later(&delivery);
+            sharing.serve(delivery, ack);
             return Ok(());
         }
         let fingerprint = fingerprint(&delivery.data);
         if delivery.redelivered && self.seen.contains(fingerprint) {
             debug!("redelivered event already handled: acknowledged, skipped");
-            let _ = acks.send(delivery.acker);
+            acks.done(&delivery);
             return Ok(());
         }
         let header_app = application_header(&delivery);
@@ -396,28 +389,22 @@ impl Session<'_> {
                     .collect();
                 warn!(routing_key = %delivery.routing_key, error = %e, event = %sample,
                     "skipping malformed AMQP event");
-                let _ = acks.send(delivery.acker);
+                acks.done(&delivery);
                 return Ok(());
             }
         };
         let Some(node) = self.cluster.by_asterisk_id(&event.asterisk_id).cloned() else {
             warn!(asterisk_id = %event.asterisk_id, kind = %event.kind_name,
                 "event from a node that is not configured (or not identified yet): skipped");
-            let _ = acks.send(delivery.acker);
+            acks.done(&delivery);
             return Ok(());
         };
         self.seen.insert(fingerprint);
         if let Some(sharing) = self.sharing {
-            let (acks, acker) = (acks.clone(), delivery.acker.clone());
-            let ack = move || {
-                let _ = acks.send(acker);
-            };
+            let ack = acks.later(&delivery);
             return sharing.route(&node, event, &delivery, ack, self.tx).await;
         }
-        let (acks, acker) = (acks.clone(), delivery.acker);
-        let receipt = Receipt::new(move || {
-            let _ = acks.send(acker);
-        });
+        let receipt = Receipt::new(acks.later(&delivery));
         self.send(Intake::Event {
             node,
             event: Box::new(event),
@@ -472,44 +459,41 @@ impl Session<'_> {
     async fn on_own(
         &mut self,
         delivery: lapin::message::Delivery,
-        acks: &mpsc::UnboundedSender<lapin::Acker>,
+        acks: &Acks,
     ) -> Result<(), AmqpError> {
         let Some(sharing) = self.sharing else {
             return Ok(());
         };
         let redelivered = match sharing.own(&delivery) {
             Own::Done => {
-                let _ = acks.send(delivery.acker);
+                acks.done(&delivery);
                 return Ok(());
             }
             Own::Gap(node) => {
-                let _ = acks.send(delivery.acker);
+                acks.done(&delivery);
                 return self.send(Intake::Gap { node, adopt: false }).await;
             }
             Own::Event { redelivered } => redelivered,
         };
         let fingerprint = fingerprint(&delivery.data);
         if redelivered && self.seen.contains(fingerprint) {
-            let _ = acks.send(delivery.acker);
+            acks.done(&delivery);
             return Ok(());
         }
         let event = match Event::parse_amqp(&delivery.data, None) {
             Ok(event) => event,
             Err(e) => {
                 warn!(error = %e, "skipping a malformed event from the router");
-                let _ = acks.send(delivery.acker);
+                acks.done(&delivery);
                 return Ok(());
             }
         };
         let Some(node) = self.cluster.by_asterisk_id(&event.asterisk_id).cloned() else {
-            let _ = acks.send(delivery.acker);
+            acks.done(&delivery);
             return Ok(());
         };
         self.seen.insert(fingerprint);
-        let (acks, acker) = (acks.clone(), delivery.acker);
-        let receipt = Receipt::new(move || {
-            let _ = acks.send(acker);
-        });
+        let receipt = Receipt::new(acks.later(&delivery));
         self.send(Intake::Event {
             node,
             event: Box::new(event),
@@ -520,6 +504,72 @@ impl Session<'_> {
 
     async fn send(&self, intake: Intake) -> Result<(), AmqpError> {
         self.tx.send(intake).await.map_err(|_| AmqpError::Shutdown)
+    }
+}
+
+/// Sends the broker the acks of handled deliveries: `(delivery tag, acker)`, in whatever
+/// order calls finish with their events.
+#[derive(Clone)]
+struct Acks(mpsc::UnboundedSender<(u64, lapin::Acker)>);
+
+impl Acks {
+    /// `delivery` is handled.
+    fn done(&self, delivery: &lapin::message::Delivery) {
+        let _ = self.0.send((delivery.delivery_tag, delivery.acker.clone()));
+    }
+
+    /// What marks `delivery` handled, for later.
+    fn later(&self, delivery: &lapin::message::Delivery) -> impl FnOnce() + Send + Sync + 'static {
+        let (acks, tag, acker) = (
+            self.0.clone(),
+            delivery.delivery_tag,
+            delivery.acker.clone(),
+        );
+        move || {
+            let _ = acks.send((tag, acker));
+        }
+    }
+}
+
+/// Handled deliveries that may wait for a lower tag before one `multiple` ack covers them;
+/// beyond this many (a call busy with an older event), they are acked one by one so the
+/// prefetch window never fills with handled events.
+const ACK_WINDOW: usize = 32;
+
+/// Acks handled deliveries. Delivery tags count up from 1 on the channel; every delivery is
+/// handled exactly once, so once all tags below `floor` are handled one `multiple` ack covers
+/// them: a burst of events costs one ack frame, not one each.
+async fn acknowledge(mut handled: mpsc::UnboundedReceiver<(u64, lapin::Acker)>) {
+    let mut floor: u64 = 1;
+    // Handled tags at or above `floor`; `None` once acked one by one.
+    let mut waiting: std::collections::BTreeMap<u64, Option<lapin::Acker>> = Default::default();
+    while let Some((tag, acker)) = handled.recv().await {
+        waiting.insert(tag, Some(acker));
+        while let Ok((tag, acker)) = handled.try_recv() {
+            waiting.insert(tag, Some(acker));
+        }
+        let mut covering = None;
+        while let Some(entry) = waiting.remove(&floor) {
+            if entry.is_some() {
+                covering = entry;
+            }
+            floor += 1;
+        }
+        if let Some(acker) = covering {
+            let multiple = BasicAckOptions { multiple: true };
+            if let Err(e) = acker.ack(multiple).await {
+                debug!(error = %e, "ack failed; the broker will redeliver");
+            }
+        }
+        if waiting.values().filter(|a| a.is_some()).count() > ACK_WINDOW {
+            for entry in waiting.values_mut() {
+                if let Some(acker) = entry.take()
+                    && let Err(e) = acker.ack(BasicAckOptions::default()).await
+                {
+                    debug!(error = %e, "ack failed; the broker will redeliver");
+                }
+            }
+        }
     }
 }
 

@@ -69,6 +69,9 @@ impl Leg {
 struct Part {
     /// Participant channels (the apps' channels) in this node's bridge.
     members: HashSet<String>,
+    /// Calls on this node that got the conference (get-or-create) and have not joined yet:
+    /// the conference waits for them rather than finishing under their feet.
+    joining: HashSet<String>,
     /// For a non-home part: its link to the home bridge.
     leg: Leg,
     /// Failed dial attempts in a row (drives the backoff).
@@ -86,6 +89,7 @@ impl Part {
     fn new(created: String) -> Part {
         Part {
             members: HashSet::new(),
+            joining: HashSet::new(),
             leg: Leg::None,
             attempts: 0,
             inbound_legs: HashSet::new(),
@@ -109,6 +113,11 @@ struct Conference {
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Role {
     Member {
+        bridge: String,
+        node: String,
+    },
+    /// A call that got the conference and has not joined it yet.
+    Joining {
         bridge: String,
         node: String,
     },
@@ -197,6 +206,7 @@ pub enum ConferenceOp {
         id: String,
         mixing: bool,
         node: String,
+        channel: String,
     },
     Add {
         id: String,
@@ -383,13 +393,18 @@ impl Conferences {
     /// Runs `op` here, whoever holds the conferences: for operations other replicas send.
     pub async fn execute(&self, op: ConferenceOp) -> ConferenceReply {
         match op {
-            ConferenceOp::GetOrCreate { id, mixing, node } => {
+            ConferenceOp::GetOrCreate {
+                id,
+                mixing,
+                node,
+                channel,
+            } => {
                 let kind = if mixing {
                     BridgeType::Mixing
                 } else {
                     BridgeType::Holding
                 };
-                self.get_or_create_here(&id, kind, &node)
+                self.get_or_create_here(&id, kind, &node, &channel)
                     .await
                     .map(|_| None)
             }
@@ -413,22 +428,24 @@ impl Conferences {
         }
     }
 
-    /// `get-or-create-bridge` from a call on `node`.
+    /// `get-or-create-bridge` from call `channel` on `node` (empty: not a call's).
     pub async fn get_or_create(
         &self,
         id: &str,
         kind: BridgeType,
         node: &str,
+        channel: &str,
     ) -> Result<(), AriError> {
         match self.forward() {
             Some(remote) => remote(ConferenceOp::GetOrCreate {
                 id: id.into(),
                 mixing: kind == BridgeType::Mixing,
                 node: node.into(),
+                channel: channel.into(),
             })
             .await
             .map(|_| ()),
-            None => self.get_or_create_here(id, kind, node).await,
+            None => self.get_or_create_here(id, kind, node, channel).await,
         }
     }
 
@@ -514,6 +531,7 @@ impl Conferences {
         id: &str,
         kind: BridgeType,
         node: &str,
+        channel: &str,
     ) -> Result<(), AriError> {
         check_id(id)?;
         self.wait_retired(id).await;
@@ -521,9 +539,25 @@ impl Conferences {
         let mut conf = shared.lock().await;
         if conf.gone {
             drop(conf);
-            return Box::pin(self.get_or_create_here(id, kind, node)).await;
+            return Box::pin(self.get_or_create_here(id, kind, node, channel)).await;
         }
-        self.ensure_part(&mut conf, node).await
+        self.ensure_part(&mut conf, node).await?;
+        if !channel.is_empty() {
+            let mut roles = self.roles.lock();
+            if !roles.contains_key(channel) {
+                roles.insert(
+                    channel.to_string(),
+                    Role::Joining {
+                        bridge: id.to_string(),
+                        node: node.to_string(),
+                    },
+                );
+                if let Some(part) = conf.parts.get_mut(node) {
+                    part.joining.insert(channel.to_string());
+                }
+            }
+        }
+        Ok(())
     }
 
     /// `bridge-add`: `channel` on `node` joins conference `id`.
@@ -579,19 +613,27 @@ impl Conferences {
                 node: node.to_string(),
             },
         );
-        conf.parts
-            .get_mut(node)
-            .expect("part ensured")
-            .members
-            .insert(channel.to_string());
+        let part = conf.parts.get_mut(node).expect("part ensured");
+        part.members.insert(channel.to_string());
+        part.joining.remove(channel);
         if node != conf.home {
             self.link(&mut conf, node).await;
         }
         drop(conf);
-        if let Some(Role::Member { bridge, node }) = previous
-            && bridge != id
-        {
-            self.member_left(&bridge, &node, channel).await;
+        match previous {
+            Some(Role::Member { bridge, node } | Role::Joining { bridge, node })
+                if bridge != id =>
+            {
+                self.member_left(&bridge, &node, channel).await;
+            }
+            Some(Role::Joining {
+                node: joined_on, ..
+            }) if joined_on != node => {
+                // Got the conference on one node, joined from another: the first part no
+                // longer waits for it.
+                self.member_left(id, &joined_on, channel).await;
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -973,7 +1015,9 @@ impl Conferences {
             return;
         };
         match role {
-            Role::Member { bridge, node } => self.member_left(&bridge, &node, channel).await,
+            Role::Member { bridge, node } | Role::Joining { bridge, node } => {
+                self.member_left(&bridge, &node, channel).await
+            }
             Role::LegOut { bridge, node } => {
                 let Some(shared) = self.existing(&bridge) else {
                     return;
@@ -1044,7 +1088,8 @@ impl Conferences {
             return;
         };
         part.members.remove(channel);
-        if part.members.is_empty() && node != conf.home {
+        part.joining.remove(channel);
+        if part.members.is_empty() && part.joining.is_empty() && node != conf.home {
             // Only the trunk leg is left in this part: hang it up and delete the bridge.
             let part = conf.parts.remove(node).expect("present");
             if let Err(e) = self.drop_part(id, node, part).await {
@@ -1093,14 +1138,12 @@ impl Conferences {
     /// Deletes the home bridge once nobody is in the conference any more.
     async fn teardown_home_if_idle(&self, conf: &mut Conference) {
         let home = conf.home.clone();
-        let idle = conf
+        let idle = conf.parts.iter().all(|(node, part)| {
+            node == &home && part.members.is_empty() && part.joining.is_empty()
+        }) && conf
             .parts
-            .iter()
-            .all(|(node, part)| node == &home && part.members.is_empty())
-            && conf
-                .parts
-                .get(&home)
-                .is_none_or(|p| p.inbound_legs.is_empty());
+            .get(&home)
+            .is_none_or(|p| p.inbound_legs.is_empty());
         if !idle || conf.gone {
             return;
         }
@@ -1235,7 +1278,7 @@ impl Conferences {
             .roles
             .lock()
             .values()
-            .filter(|r| !matches!(r, Role::Member { .. }))
+            .filter(|r| matches!(r, Role::LegOut { .. } | Role::LegIn { .. }))
             .count();
         (self.bridges.lock().len(), legs)
     }

@@ -353,9 +353,15 @@ impl Sharing {
             // Not a wasm app (an ARI facade client's, or gone): every replica decides.
             Target::Everyone
         } else {
-            match &channel {
-                None => Target::Everyone,
-                Some(id) => Target::Member(self.assign(id, node, &event)),
+            match (&channel, &event.kind) {
+                // A late BridgeDestroyed of an older bridge under the id of a live conference:
+                // only the router, which holds it, can tell; the replicas would revoke their
+                // apps' rights to the live one.
+                (None, Kind::BridgeDestroyed { bridge }) if self.conferences.exists(&bridge.id) => {
+                    Target::Member(self.me.clone())
+                }
+                (None, _) => Target::Everyone,
+                (Some(id), _) => Target::Member(self.assign(id, node, &event)),
             }
         };
         if let Some(id) = &channel

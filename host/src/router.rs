@@ -270,7 +270,7 @@ impl Router {
             GetOrCreateBridge { bridge, kind } => {
                 let node = self.origin_node(origin)?;
                 self.conferences
-                    .get_or_create(&bridge, kind, &node.name)
+                    .get_or_create(&bridge, kind, &node.name, &origin.channel)
                     .await?;
                 Ok(Outcome::Value(bridge))
             }
