@@ -280,25 +280,20 @@ pub fn unique(prefix: &str) -> String {
 /// Runs `rabbitmqctl` against the test broker's node (`scripts/rabbitmq.sh ctl`, which knows
 /// its cookie and ports); panics if it fails.
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let out = rabbitmqctl_output(args);
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq.sh");
+    let out = std::process::Command::new("bash")
+        .arg(script)
+        .arg("ctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("scripts/rabbitmq.sh runs");
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// [`rabbitmqctl`] without the check, for commands that may fail harmlessly.
-pub fn rabbitmqctl_output(args: &[&str]) -> std::process::Output {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq.sh");
-    std::process::Command::new("bash")
-        .arg(script)
-        .arg("ctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("scripts/rabbitmq.sh runs")
 }
 
 /// Host configuration with every node of `sim` on AMQP intake through `exchange`, consumed
@@ -327,4 +322,42 @@ pub fn amqp_host_config(
     ));
     toml.push_str(extra);
     Config::from_toml(&toml).expect("valid test config")
+}
+
+/// A loopback TCP relay to `target` whose connections a test can cut at once, as a network
+/// failure would (new connections are accepted again right after).
+pub struct Relay {
+    pub port: u16,
+    cuts: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Relay {
+    pub async fn start(target: &str) -> Relay {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("relay binds");
+        let port = listener.local_addr().expect("relay address").port();
+        let cuts = std::sync::Arc::new(tokio::sync::watch::channel(0u64).0);
+        let (target, relay_cuts) = (target.to_string(), cuts.clone());
+        tokio::spawn(async move {
+            while let Ok((mut inbound, _)) = listener.accept().await {
+                let (target, mut cut) = (target.clone(), relay_cuts.subscribe());
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut.changed() => {}
+                    }
+                });
+            }
+        });
+        Relay { port, cuts }
+    }
+
+    /// Drops every connection open through the relay.
+    pub fn cut(&self) {
+        self.cuts.send_modify(|n| *n += 1);
+    }
 }
