@@ -280,20 +280,25 @@ pub fn unique(prefix: &str) -> String {
 /// Runs `rabbitmqctl` against the test broker's node (`scripts/rabbitmq.sh ctl`, which knows
 /// its cookie and ports); panics if it fails.
 pub fn rabbitmqctl(args: &[&str]) -> String {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq.sh");
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .arg("ctl")
-        .arg("-q")
-        .args(args)
-        .output()
-        .expect("scripts/rabbitmq.sh runs");
+    let out = rabbitmqctl_output(args);
     assert!(
         out.status.success(),
         "rabbitmqctl {args:?} failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// [`rabbitmqctl`] without the check, for commands that may fail harmlessly.
+pub fn rabbitmqctl_output(args: &[&str]) -> std::process::Output {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/rabbitmq.sh");
+    std::process::Command::new("bash")
+        .arg(script)
+        .arg("ctl")
+        .arg("-q")
+        .args(args)
+        .output()
+        .expect("scripts/rabbitmq.sh runs")
 }
 
 /// Host configuration with every node of `sim` on AMQP intake through `exchange`, consumed
