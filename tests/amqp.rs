@@ -94,15 +94,7 @@ impl AmqpRig {
     }
 
     fn call(&self, node: &str, caller: &str, exten: &str) -> String {
-        self.sim
-            .node(node)
-            .inject_call(InboundCall {
-                caller_name: caller.into(),
-                caller_number: "1000".into(),
-                exten: exten.into(),
-                ..Default::default()
-            })
-            .expect("call injected")
+        place(&self.sim, node, caller, exten)
     }
 
     async fn stop(self) {
@@ -110,6 +102,85 @@ impl AmqpRig {
         self.sim.shutdown().await;
     }
 }
+
+/// Injects a call from `caller` to `exten` on `node`.
+fn place(sim: &stasis_sim::Cluster, node: &str, caller: &str, exten: &str) -> String {
+    sim.node(node)
+        .inject_call(InboundCall {
+            caller_name: caller.into(),
+            caller_number: "1000".into(),
+            exten: exten.into(),
+            ..Default::default()
+        })
+        .expect("call injected")
+}
+
+/// Places a conference call from each `(node, caller)`; returns them once all are bridged.
+async fn join(
+    sim: &stasis_sim::Cluster,
+    callers: &[(&'static str, &str)],
+) -> Vec<(&'static str, String)> {
+    let calls: Vec<(&'static str, String)> = (callers.iter())
+        .map(|(node, caller)| (*node, place(sim, node, caller, "8000")))
+        .collect();
+    for (node, id) in &calls {
+        let handle = sim.node(node);
+        wait_for(&format!("{id} bridged on {node}"), || {
+            in_bridge(&handle, id, "conf")
+        })
+        .await;
+    }
+    calls
+}
+
+/// Hangs every call up from the far end.
+fn hang_up(sim: &stasis_sim::Cluster, calls: &[(&'static str, String)]) {
+    for (node, id) in calls {
+        sim.node(node).hangup_far_end(id, None).unwrap();
+    }
+}
+
+/// Waits until no node has a bridge left.
+async fn nothing_left(sim: &stasis_sim::Cluster) {
+    wait_for("the conference left nothing behind", || {
+        sim.nodes().iter().all(|n| n.bridges().is_empty())
+    })
+    .await;
+}
+
+/// Another replica of `first`: same nodes, same exchange, same queue, the conference app.
+async fn another_replica(first: &Gateway, settings: AppSettings) -> Gateway {
+    let replica = Gateway::start(first.config.clone(), runtime_config())
+        .await
+        .expect("replica starts");
+    replica
+        .load_app("conf", stasis_e2e::plugin("conference"), settings)
+        .await
+        .expect("app loads");
+    wait_for("the replica sees the nodes", || {
+        replica.cluster.nodes().all(|n| n.is_up())
+    })
+    .await;
+    replica
+}
+
+/// Asserts that every call's channel was answered exactly once.
+fn answered_once(sim: &stasis_sim::Cluster, calls: &[(&'static str, String)]) {
+    for (node, id) in calls {
+        let answers = app_requests(&sim.node(node))
+            .into_iter()
+            .filter(|r| r == &format!("POST /ari/channels/{id}/answer"))
+            .count();
+        assert_eq!(answers, 1, "{id} answered once");
+    }
+}
+
+/// The conference calls `replica` is handling.
+fn live(replica: &Gateway) -> usize {
+    (replica.catalog.get("conf")).map_or(0, |app| app.live_calls())
+}
+
+const FOUR: [(&str, &str); 4] = [("a", "Alice"), ("b", "Bob"), ("a", "Carol"), ("b", "Dave")];
 
 fn conference() -> (&'static str, &'static str, AppSettings) {
     ("conf", "conference", AppSettings::default())
@@ -120,17 +191,7 @@ async fn a_conference_over_amqp_spans_two_nodes_in_both_body_formats() {
     let _shared = BROKER.read().await;
     let rig = AmqpRig::start(2, &amqp_url(), &[conference()]).await;
     let (a, b) = (rig.sim.node("a"), rig.sim.node("b"));
-    let mut calls = Vec::new();
-    for (node, caller) in [("a", "Alice"), ("b", "Bob"), ("a", "Carol"), ("b", "Dave")] {
-        calls.push((node, rig.call(node, caller, "8000")));
-    }
-    for (node, id) in &calls {
-        let handle = rig.sim.node(node);
-        wait_for(&format!("{id} bridged on {node}"), || {
-            in_bridge(&handle, id, "conf")
-        })
-        .await;
-    }
+    let calls = join(&rig.sim, &FOUR).await;
     assert_eq!(rig.app("conf").live_calls(), 4);
     for (node, handle) in [("a", &a), ("b", &b)] {
         let log = handle.request_log();
@@ -161,14 +222,9 @@ async fn a_conference_over_amqp_spans_two_nodes_in_both_body_formats() {
     }
     assert!(a.amqp_status().published > 0 && b.amqp_status().published > 0);
 
-    for (node, id) in &calls {
-        rig.sim.node(node).hangup_far_end(id, None).unwrap();
-    }
+    hang_up(&rig.sim, &calls);
     wait_for("every call ended", || rig.app("conf").live_calls() == 0).await;
-    wait_for("the conference left nothing behind", || {
-        a.bridges().is_empty() && b.bridges().is_empty()
-    })
-    .await;
+    nothing_left(&rig.sim).await;
     rig.stop().await;
 }
 
@@ -177,17 +233,7 @@ async fn a_broker_restart_mid_run_loses_no_call() {
     let _exclusive = BROKER.write().await;
     let rig = AmqpRig::start(2, &amqp_url(), &[conference()]).await;
     let (a, b) = (rig.sim.node("a"), rig.sim.node("b"));
-    let mut live = Vec::new();
-    for (node, caller) in [("a", "Alice"), ("b", "Bob"), ("a", "Carol"), ("b", "Dave")] {
-        live.push((node, rig.call(node, caller, "8000")));
-    }
-    for (node, id) in &live {
-        let handle = rig.sim.node(node);
-        wait_for("bridged before the restart", || {
-            in_bridge(&handle, id, "conf")
-        })
-        .await;
-    }
+    let mut live = join(&rig.sim, &FOUR).await;
 
     tokio::task::spawn_blocking(|| rabbitmqctl(&["stop_app"]))
         .await
@@ -225,14 +271,9 @@ async fn a_broker_restart_mid_run_loses_no_call() {
     })
     .await;
     live.push(("b", after));
-    for (node, id) in &live {
-        rig.sim.node(node).hangup_far_end(id, None).unwrap();
-    }
+    hang_up(&rig.sim, &live);
     wait_for("every call ended", || rig.app("conf").live_calls() == 0).await;
-    wait_for("the conference left nothing behind", || {
-        a.bridges().is_empty() && b.bridges().is_empty()
-    })
-    .await;
+    nothing_left(&rig.sim).await;
     rig.stop().await;
 }
 
@@ -331,63 +372,18 @@ async fn a_redelivered_event_is_not_handled_twice() {
 async fn replicas_share_the_queue_each_call_has_one_and_a_stopped_ones_calls_go_to_the_other() {
     let _shared = BROKER.read().await;
     let AmqpRig { sim, host: first } = AmqpRig::start(2, &amqp_url(), &[conference()]).await;
-    let call = |node: &str, caller: &str| {
-        sim.node(node)
-            .inject_call(InboundCall {
-                caller_name: caller.into(),
-                caller_number: "1000".into(),
-                exten: "8000".into(),
-                ..Default::default()
-            })
-            .expect("call injected")
-    };
-    // A second replica: same nodes, same exchange, same queue.
-    let second = Gateway::start(first.config.clone(), runtime_config())
-        .await
-        .expect("second replica starts");
-    second
-        .load_app(
-            "conf",
-            stasis_e2e::plugin("conference"),
-            AppSettings::default(),
-        )
-        .await
-        .expect("app loads");
-    wait_for("the second replica sees the nodes", || {
-        second.cluster.nodes().all(|n| n.is_up())
-    })
-    .await;
-    let (a, b) = (sim.node("a"), sim.node("b"));
+    let second = another_replica(&first, AppSettings::default()).await;
     let replicas = [&first, &second];
-    let live = |r: &Gateway| r.catalog.get("conf").map_or(0, |app| app.live_calls());
 
-    let mut calls = Vec::new();
-    for (node, caller) in [("a", "Alice"), ("b", "Bob"), ("a", "Carol"), ("b", "Dave")] {
-        calls.push((node, call(node, caller)));
-    }
-    for (node, id) in &calls {
-        let handle = sim.node(node);
-        wait_for("bridged", || in_bridge(&handle, id, "conf")).await;
-    }
+    let calls = join(&sim, &FOUR).await;
     // Exactly one replica handles each call, and each call got exactly one answer.
     assert_eq!(live(replicas[0]) + live(replicas[1]), calls.len());
-    for (node, id) in &calls {
-        let answers = app_requests(&sim.node(node))
-            .into_iter()
-            .filter(|r| r == &format!("POST /ari/channels/{id}/answer"))
-            .count();
-        assert_eq!(answers, 1, "{id} answered once");
-    }
+    answered_once(&sim, &calls);
     let active = if live(replicas[0]) > 0 { 0 } else { 1 };
     assert_eq!(live(replicas[active]), calls.len(), "one active replica");
-    for (node, id) in calls.drain(..) {
-        sim.node(node).hangup_far_end(&id, None).unwrap();
-    }
+    hang_up(&sim, &calls);
     wait_for("calls ended", || live(replicas[active]) == 0).await;
-    wait_for("the conference left nothing behind", || {
-        a.bridges().is_empty() && b.bridges().is_empty()
-    })
-    .await;
+    nothing_left(&sim).await;
 
     // The active replica stops: new calls go to the other one.
     let (stopped, survivor) = if active == 0 {
@@ -396,20 +392,9 @@ async fn replicas_share_the_queue_each_call_has_one_and_a_stopped_ones_calls_go_
         (second, first)
     };
     stopped.shutdown();
-    for (node, caller) in [("b", "Erin"), ("a", "Frank")] {
-        calls.push((node, call(node, caller)));
-    }
-    for (node, id) in &calls {
-        let handle = sim.node(node);
-        wait_for("bridged by the surviving replica", || {
-            in_bridge(&handle, id, "conf")
-        })
-        .await;
-    }
+    let calls = join(&sim, &[("b", "Erin"), ("a", "Frank")]).await;
     assert_eq!(live(&survivor), calls.len());
-    for (node, id) in &calls {
-        sim.node(node).hangup_far_end(id, None).unwrap();
-    }
+    hang_up(&sim, &calls);
     wait_for("calls ended", || live(&survivor) == 0).await;
     survivor.shutdown();
     sim.shutdown().await;
@@ -426,40 +411,16 @@ async fn shared_calls_spread_over_replicas_in_one_conference_and_a_gone_replicas
         "share_calls = true\n",
     )
     .await;
-    let second = Gateway::start(first.config.clone(), runtime_config())
-        .await
-        .expect("second replica starts");
-    second
-        .load_app("conf", stasis_e2e::plugin("conference"), settings)
-        .await
-        .expect("app loads");
-    wait_for("the second replica sees the nodes", || {
-        second.cluster.nodes().all(|n| n.is_up())
-    })
-    .await;
+    let second = another_replica(&first, settings).await;
     // Replicas announce themselves every second.
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let live = |r: &Gateway| r.catalog.get("conf").map_or(0, |app| app.live_calls());
     let (a, b) = (sim.node("a"), sim.node("b"));
 
-    let mut calls = Vec::new();
-    for n in 0..12 {
-        let node = if n % 2 == 0 { "a" } else { "b" };
-        let id = sim
-            .node(node)
-            .inject_call(InboundCall {
-                caller_name: format!("caller{n}"),
-                caller_number: "1000".into(),
-                exten: "8000".into(),
-                ..Default::default()
-            })
-            .expect("call injected");
-        calls.push((node, id));
-    }
-    for (node, id) in &calls {
-        let handle = sim.node(node);
-        wait_for(&format!("{id} bridged"), || in_bridge(&handle, id, "conf")).await;
-    }
+    let names: Vec<String> = (0..12).map(|n| format!("caller{n}")).collect();
+    let callers: Vec<(&str, &str)> = (names.iter().enumerate())
+        .map(|(n, name)| (if n % 2 == 0 { "a" } else { "b" }, name.as_str()))
+        .collect();
+    let calls = join(&sim, &callers).await;
     let (on_first, on_second) = (live(&first), live(&second));
     assert_eq!(
         on_first + on_second,
@@ -470,13 +431,7 @@ async fn shared_calls_spread_over_replicas_in_one_conference_and_a_gone_replicas
         on_first > 0 && on_second > 0,
         "both replicas handle calls: {on_first} and {on_second}"
     );
-    for (node, id) in &calls {
-        let answers = app_requests(&sim.node(node))
-            .into_iter()
-            .filter(|r| r == &format!("POST /ari/channels/{id}/answer"))
-            .count();
-        assert_eq!(answers, 1, "{id} answered once");
-    }
+    answered_once(&sim, &calls);
     // One conference: one bridge per node, linked by one trunk leg.
     assert_eq!(a.bridges().len(), 1, "{:?}", a.bridges());
     assert_eq!(b.bridges().len(), 1, "{:?}", b.bridges());
@@ -491,14 +446,9 @@ async fn shared_calls_spread_over_replicas_in_one_conference_and_a_gone_replicas
         let handle = sim.node(node);
         wait_for("still bridged", || in_bridge(&handle, id, "conf")).await;
     }
-    for (node, id) in &calls {
-        sim.node(node).hangup_far_end(id, None).unwrap();
-    }
+    hang_up(&sim, &calls);
     wait_for("every call ended", || live(&first) == 0).await;
-    wait_for("the conference left nothing behind", || {
-        a.bridges().is_empty() && b.bridges().is_empty()
-    })
-    .await;
+    nothing_left(&sim).await;
     first.shutdown();
     sim.shutdown().await;
 }

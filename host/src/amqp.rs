@@ -28,12 +28,12 @@
 //! that one goes away. A replica learns it became the active one from its first delivery,
 //! and only then reconciles (which takes over the calls the previous replica left).
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::BackoffBuilder;
 use futures_util::StreamExt;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions,
@@ -45,11 +45,12 @@ use reqwest::Method;
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{Cluster, Health, Node};
+use crate::cluster::{Cluster, Health, IdentifyError, Node};
 use crate::conference::TRUNK_APP;
 use crate::config::{Amqp, Intake as IntakeMode};
 use crate::event::{Event, Receipt};
-use crate::ingress::Intake;
+use crate::ingress::{Intake, reconnect_backoff};
+use crate::recent::Recent;
 use crate::replicas::{Own, Sharing};
 
 /// Why a broker session ended.
@@ -112,13 +113,9 @@ pub async fn run_broker(
         mut gaps,
         sharing,
     } = links;
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max_reconnect)
-        .with_jitter()
-        .without_max_times();
+    let backoff = reconnect_backoff(max_reconnect);
     let mut delays = backoff.build();
-    let mut seen = Seen::default();
+    let mut seen = Recent::new(SEEN);
     loop {
         let mut session = Session {
             config: &config,
@@ -157,7 +154,7 @@ struct Session<'a> {
     config: &'a Amqp,
     cluster: &'a Cluster,
     tx: &'a mpsc::Sender<Intake>,
-    seen: &'a mut Seen,
+    seen: &'a mut Recent<u64>,
     /// Whether this replica has received a delivery in this session, i.e. is the queue's
     /// active consumer.
     active: bool,
@@ -247,15 +244,13 @@ impl Session<'_> {
         self.consuming = true;
         // Whichever replica consumes the queue must catch up with what happened while this
         // one was away; the marker reaches exactly that replica, after the backlog.
-        let mut marker = FieldTable::default();
-        marker.insert(MARKER.into(), AMQPValue::LongString("reconcile".into()));
         channel
             .basic_publish(
                 "".into(),
                 self.config.queue.as_str().into(),
                 BasicPublishOptions::default(),
                 b"",
-                BasicProperties::default().with_headers(marker),
+                BasicProperties::default().with_headers(header(MARKER, "reconcile")),
             )
             .await?;
         info!(broker = %redact(&self.config.url), exchange = %self.config.exchange,
@@ -283,7 +278,7 @@ impl Session<'_> {
                 }
                 Some(node) = gaps.recv() => {
                     if self.active {
-                        self.reconcile(vec![node]).await?;
+                        self.reconcile(vec![node]);
                     }
                 }
                 delivery = next_own(&mut own) => match delivery {
@@ -340,11 +335,7 @@ impl Session<'_> {
         delivery: lapin::message::Delivery,
         acks: &Acks,
     ) -> Result<(), AmqpError> {
-        let is_marker = delivery
-            .properties
-            .headers()
-            .as_ref()
-            .is_some_and(|h| h.inner().contains_key(MARKER));
+        let is_marker = has_header(&delivery, MARKER);
         if !self.active || is_marker {
             // The queue is ours now (the first replica, or the previous one went away), or
             // a replica has just (re)connected: catch up with whatever happened while
@@ -360,46 +351,25 @@ impl Session<'_> {
                 .filter(|n| n.config.intake == IntakeMode::Amqp && n.is_up())
                 .cloned()
                 .collect();
-            self.reconcile(nodes).await?;
+            self.reconcile(nodes);
         }
         if is_marker {
             acks.done(&delivery);
             return Ok(());
         }
         if let Some(sharing) = self.sharing
-            && crate::replicas::has_header(&delivery, crate::replicas::RPC)
+            && has_header(&delivery, crate::replicas::RPC)
         {
             let ack = acks.later(&delivery);
             sharing.serve(delivery, ack);
             return Ok(());
         }
-        let fingerprint = fingerprint(&delivery.data);
-        if delivery.redelivered && self.seen.contains(fingerprint) {
-            debug!("redelivered event already handled: acknowledged, skipped");
-            acks.done(&delivery);
-            return Ok(());
-        }
-        let header_app = application_header(&delivery);
-        let event = match Event::parse_amqp(&delivery.data, header_app.as_deref()) {
-            Ok(event) => event,
-            Err(e) => {
-                let sample: String = String::from_utf8_lossy(&delivery.data)
-                    .chars()
-                    .take(200)
-                    .collect();
-                warn!(routing_key = %delivery.routing_key, error = %e, event = %sample,
-                    "skipping malformed AMQP event");
-                acks.done(&delivery);
-                return Ok(());
-            }
-        };
-        let Some(node) = self.cluster.by_asterisk_id(&event.asterisk_id).cloned() else {
-            warn!(asterisk_id = %event.asterisk_id, kind = %event.kind_name,
-                "event from a node that is not configured (or not identified yet): skipped");
-            acks.done(&delivery);
+        let header_app = header_value(&delivery, "application_name");
+        let Some((node, event)) =
+            self.accept(&delivery, delivery.redelivered, header_app.as_deref(), acks)
+        else {
             return Ok(());
         };
-        self.seen.insert(fingerprint);
         if let Some(sharing) = self.sharing {
             let ack = acks.later(&delivery);
             return sharing.route(&node, event, &delivery, ack, self.tx).await;
@@ -416,43 +386,29 @@ impl Session<'_> {
     /// Has dispatch reconcile `nodes` now, and again as their publishers settle: each node
     /// reconnects to the broker at its own pace, dropping events until it has, and the host
     /// cannot see when.
-    async fn reconcile(&self, nodes: Vec<Arc<Node>>) -> Result<(), AmqpError> {
-        if let Some(sharing) = self.sharing {
-            // Every replica reconciles its own calls; the router adopts the unknown ones.
-            let sharing = (*sharing).clone();
-            tokio::spawn(async move {
-                for wait in [Duration::ZERO].into_iter().chain(SETTLE) {
-                    tokio::time::sleep(wait).await;
-                    for node in &nodes {
-                        sharing.reconcile(node).await;
-                    }
-                }
-            });
-            return Ok(());
-        }
-        for node in &nodes {
-            self.send(Intake::Gap {
-                node: node.clone(),
-                adopt: true,
-            })
-            .await?;
-        }
-        let tx = self.tx.clone();
+    fn reconcile(&self, nodes: Vec<Arc<Node>>) {
+        let (sharing, tx) = (self.sharing.map(|s| (*s).clone()), self.tx.clone());
         tokio::spawn(async move {
-            for wait in SETTLE {
+            for wait in [Duration::ZERO].into_iter().chain(SETTLE) {
                 tokio::time::sleep(wait).await;
                 for node in &nodes {
-                    let gap = Intake::Gap {
-                        node: node.clone(),
-                        adopt: true,
-                    };
-                    if tx.send(gap).await.is_err() {
-                        return;
+                    match &sharing {
+                        // Every replica reconciles its own calls; the router adopts the
+                        // unknown ones.
+                        Some(sharing) => sharing.reconcile(node).await,
+                        None => {
+                            let gap = Intake::Gap {
+                                node: node.clone(),
+                                adopt: true,
+                            };
+                            if tx.send(gap).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
             }
         });
-        Ok(())
     }
 
     /// A message on this replica's own queue (shared calls).
@@ -475,24 +431,9 @@ impl Session<'_> {
             }
             Own::Event { redelivered } => redelivered,
         };
-        let fingerprint = fingerprint(&delivery.data);
-        if redelivered && self.seen.contains(fingerprint) {
-            acks.done(&delivery);
-            return Ok(());
-        }
-        let event = match Event::parse_amqp(&delivery.data, None) {
-            Ok(event) => event,
-            Err(e) => {
-                warn!(error = %e, "skipping a malformed event from the router");
-                acks.done(&delivery);
-                return Ok(());
-            }
-        };
-        let Some(node) = self.cluster.by_asterisk_id(&event.asterisk_id).cloned() else {
-            acks.done(&delivery);
+        let Some((node, event)) = self.accept(&delivery, redelivered, None, acks) else {
             return Ok(());
         };
-        self.seen.insert(fingerprint);
         let receipt = Receipt::new(acks.later(&delivery));
         self.send(Intake::Event {
             node,
@@ -500,6 +441,44 @@ impl Session<'_> {
             receipt: Some(receipt),
         })
         .await
+    }
+
+    /// The event in `delivery` and its node, unless it is a redelivery already handled,
+    /// malformed, or from a node the host does not know: those are acknowledged and skipped.
+    fn accept(
+        &mut self,
+        delivery: &lapin::message::Delivery,
+        redelivered: bool,
+        header_app: Option<&str>,
+        acks: &Acks,
+    ) -> Option<(Arc<Node>, Event)> {
+        let fingerprint = fingerprint(&delivery.data);
+        if redelivered && self.seen.contains(&fingerprint) {
+            debug!("redelivered event already handled: acknowledged, skipped");
+            acks.done(delivery);
+            return None;
+        }
+        let event = match Event::parse_amqp(&delivery.data, header_app) {
+            Ok(event) => event,
+            Err(e) => {
+                let sample: String = String::from_utf8_lossy(&delivery.data)
+                    .chars()
+                    .take(200)
+                    .collect();
+                warn!(routing_key = %delivery.routing_key, error = %e, event = %sample,
+                    "skipping malformed AMQP event");
+                acks.done(delivery);
+                return None;
+            }
+        };
+        let Some(node) = self.cluster.by_asterisk_id(&event.asterisk_id).cloned() else {
+            warn!(asterisk_id = %event.asterisk_id, kind = %event.kind_name,
+                "event from a node that is not configured (or not identified yet): skipped");
+            acks.done(delivery);
+            return None;
+        };
+        self.seen.insert(fingerprint);
+        Some((node, event))
     }
 
     async fn send(&self, intake: Intake) -> Result<(), AmqpError> {
@@ -591,10 +570,21 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The `application_name` header Asterisk's module sets, if any.
-fn application_header(delivery: &lapin::message::Delivery) -> Option<String> {
-    let headers = delivery.properties.headers().as_ref()?;
-    match headers.inner().get("application_name")? {
+/// Headers with one string: how the host marks its own messages.
+pub(crate) fn header(name: &str, value: &str) -> FieldTable {
+    let mut table = FieldTable::default();
+    table.insert(name.into(), AMQPValue::LongString(value.into()));
+    table
+}
+
+/// Whether the delivery carries header `name`.
+pub(crate) fn has_header(delivery: &lapin::message::Delivery, name: &str) -> bool {
+    (delivery.properties.headers().as_ref()).is_some_and(|h| h.inner().contains_key(name))
+}
+
+/// Header `name` as a string, if it is one.
+pub(crate) fn header_value(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
+    match delivery.properties.headers().as_ref()?.inner().get(name)? {
         AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
         AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
         _ => None,
@@ -607,33 +597,10 @@ fn fingerprint(body: &[u8]) -> u64 {
     hasher.finish()
 }
 
-/// Fingerprints of the last [`Seen::CAPACITY`] events handed to dispatch: enough to cover
-/// every delivery that can be in flight (the prefetch) when a connection drops, many times.
-#[derive(Default)]
-struct Seen {
-    set: HashSet<u64>,
-    order: VecDeque<u64>,
-}
-
-impl Seen {
-    const CAPACITY: usize = 1 << 16;
-
-    fn insert(&mut self, fingerprint: u64) {
-        if !self.set.insert(fingerprint) {
-            return;
-        }
-        self.order.push_back(fingerprint);
-        if self.order.len() > Self::CAPACITY
-            && let Some(old) = self.order.pop_front()
-        {
-            self.set.remove(&old);
-        }
-    }
-
-    fn contains(&self, fingerprint: u64) -> bool {
-        self.set.contains(&fingerprint)
-    }
-}
+/// Fingerprints of the events handed to dispatch that a redelivery is checked against:
+/// enough to cover every delivery that can be in flight (the prefetch) when a connection
+/// drops, many times over.
+const SEEN: usize = 1 << 16;
 
 /// The broker URL without its password, for logs.
 fn redact(url: &str) -> String {
@@ -673,18 +640,14 @@ pub async fn run_node(
         tx,
         gaps,
     } = links;
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max_reconnect)
-        .with_jitter()
-        .without_max_times();
+    let backoff = reconnect_backoff(max_reconnect);
     let mut delays = backoff.build();
     // Nodes publish only to a declared exchange (see the module docs).
     if declared.wait_for(|n| *n > 0).await.is_err() {
         return;
     }
     loop {
-        match identify(&node, &cluster).await {
+        match cluster.identify(&node).await.map_err(NodeError::from) {
             Ok(startup) => {
                 let mut registered = HashSet::new();
                 let names = apps.borrow_and_update().clone();
@@ -719,7 +682,7 @@ pub async fn run_node(
                     }
                 }
             }
-            Err(NodeError::Duplicate(e)) => {
+            Err(NodeError::Identify(IdentifyError::Duplicate(e))) => {
                 error!(node = %node.name, "{e}");
                 node.set_health(Health::Refused);
             }
@@ -740,10 +703,8 @@ pub async fn run_node(
 
 #[derive(Debug, thiserror::Error)]
 enum NodeError {
-    #[error("cannot identify node: {0}")]
-    Identify(String),
     #[error(transparent)]
-    Duplicate(#[from] crate::cluster::DuplicateIdentity),
+    Identify(#[from] IdentifyError),
     #[error("{0}")]
     Ari(#[from] crate::backend::AriError),
 }
@@ -761,7 +722,7 @@ async fn watch_node(
     poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = poll.tick() => match identify(node, cluster).await {
+            _ = poll.tick() => match cluster.identify(node).await {
                 // A restart quicker than the poll: the node lost its registrations, calls
                 // and bridges all the same. Report it down and up again like any restart, so
                 // its calls end and conferences homed there move.
@@ -780,29 +741,6 @@ async fn watch_node(
             }
         }
     }
-}
-
-/// `GET /asterisk/info`: claims the node's entity id, returns its start-up time.
-async fn identify(node: &Node, cluster: &Cluster) -> Result<String, NodeError> {
-    let info = node
-        .client
-        .call(
-            Method::GET,
-            "/asterisk/info",
-            &[("only".into(), "system,status".into())],
-            None,
-        )
-        .await
-        .map_err(|e| NodeError::Identify(e.to_string()))?
-        .json();
-    let entity_id = info["system"]["entity_id"]
-        .as_str()
-        .ok_or_else(|| NodeError::Identify("GET /asterisk/info has no system.entity_id".into()))?;
-    cluster.claim(node, entity_id)?;
-    Ok(info["status"]["startup_time"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string())
 }
 
 /// Registers the apps of `names` not registered yet (`POST /ari/amqp/{app}`) and unregisters
@@ -858,19 +796,6 @@ mod tests {
     fn routing_keys_are_lowercased_app_names() {
         assert_eq!(routing_key("Conf"), "stasis.app.conf");
         assert_eq!(routing_key(TRUNK_APP), "stasis.app.stasis-trunk");
-    }
-
-    #[test]
-    fn seen_forgets_the_oldest_beyond_capacity() {
-        let mut seen = Seen::default();
-        for n in 0..(Seen::CAPACITY as u64 + 10) {
-            seen.insert(n);
-        }
-        assert!(!seen.contains(0));
-        assert!(!seen.contains(9));
-        assert!(seen.contains(10));
-        assert!(seen.contains(Seen::CAPACITY as u64 + 9));
-        assert_eq!(seen.set.len(), Seen::CAPACITY);
     }
 
     #[test]

@@ -63,6 +63,15 @@ impl Node {
 }
 
 /// Two nodes claimed one entity id.
+/// Why a node could not be identified.
+#[derive(Debug, thiserror::Error)]
+pub enum IdentifyError {
+    #[error("cannot identify node: {0}")]
+    Unreachable(String),
+    #[error(transparent)]
+    Duplicate(#[from] DuplicateIdentity),
+}
+
 #[derive(Debug, Clone, thiserror::Error)]
 #[error(
     "node {node} reports asterisk_id {asterisk_id}, which node {holder} already has: set a unique `entityid` in each node's asterisk.conf; node {node} is refused"
@@ -122,6 +131,30 @@ impl Cluster {
     pub fn by_asterisk_id(&self, asterisk_id: &str) -> Option<&Arc<Node>> {
         let name = self.by_id.read().get(asterisk_id).cloned()?;
         self.by_name.get(&name)
+    }
+
+    /// Asks `node` who it is (`GET /asterisk/info`) and claims its entity id. Returns its
+    /// start-up time, which changes when the node restarts.
+    pub async fn identify(&self, node: &Node) -> Result<String, IdentifyError> {
+        let info = node
+            .client
+            .call(
+                reqwest::Method::GET,
+                "/asterisk/info",
+                &[("only".into(), "system,status".into())],
+                None,
+            )
+            .await
+            .map_err(|e| IdentifyError::Unreachable(e.to_string()))?
+            .json();
+        let entity_id = info["system"]["entity_id"].as_str().ok_or_else(|| {
+            IdentifyError::Unreachable("GET /asterisk/info has no system.entity_id".into())
+        })?;
+        self.claim(node, entity_id)?;
+        Ok(info["status"]["startup_time"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string())
     }
 
     /// Records that `node` reported `asterisk_id`. A node may keep its id across reconnects

@@ -428,6 +428,14 @@ impl Conferences {
         }
     }
 
+    /// Runs `op` here, or on the replica holding the conferences when that is another one.
+    async fn run(&self, op: ConferenceOp) -> ConferenceReply {
+        match self.forward() {
+            Some(remote) => remote(op).await,
+            None => self.execute(op).await,
+        }
+    }
+
     /// `get-or-create-bridge` from call `channel` on `node` (empty: not a call's).
     pub async fn get_or_create(
         &self,
@@ -436,55 +444,43 @@ impl Conferences {
         node: &str,
         channel: &str,
     ) -> Result<(), AriError> {
-        match self.forward() {
-            Some(remote) => remote(ConferenceOp::GetOrCreate {
-                id: id.into(),
-                mixing: kind == BridgeType::Mixing,
-                node: node.into(),
-                channel: channel.into(),
-            })
-            .await
-            .map(|_| ()),
-            None => self.get_or_create_here(id, kind, node, channel).await,
-        }
+        self.run(ConferenceOp::GetOrCreate {
+            id: id.into(),
+            mixing: kind == BridgeType::Mixing,
+            node: node.into(),
+            channel: channel.into(),
+        })
+        .await
+        .map(drop)
     }
 
     /// `bridge-add`: `channel` on `node` joins conference `id`.
     pub async fn add(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
-        match self.forward() {
-            Some(remote) => remote(ConferenceOp::Add {
-                id: id.into(),
-                channel: channel.into(),
-                node: node.into(),
-            })
-            .await
-            .map(|_| ()),
-            None => self.add_here(id, channel, node).await,
-        }
+        self.run(ConferenceOp::Add {
+            id: id.into(),
+            channel: channel.into(),
+            node: node.into(),
+        })
+        .await
+        .map(drop)
     }
 
     /// `bridge-remove`: `channel` on `node` leaves conference `id`.
     pub async fn remove(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
-        match self.forward() {
-            Some(remote) => remote(ConferenceOp::Remove {
-                id: id.into(),
-                channel: channel.into(),
-                node: node.into(),
-            })
-            .await
-            .map(|_| ()),
-            None => self.remove_here(id, channel, node).await,
-        }
+        self.run(ConferenceOp::Remove {
+            id: id.into(),
+            channel: channel.into(),
+            node: node.into(),
+        })
+        .await
+        .map(drop)
     }
 
-    /// `bridge-destroy`: every part of conference `id` goes.
+    /// `bridge-destroy`: every part and every leg of conference `id` goes.
     pub async fn destroy(&self, id: &str) -> Result<(), AriError> {
-        match self.forward() {
-            Some(remote) => remote(ConferenceOp::Destroy { id: id.into() })
-                .await
-                .map(|_| ()),
-            None => self.destroy_here(id).await,
-        }
+        self.run(ConferenceOp::Destroy { id: id.into() })
+            .await
+            .map(drop)
     }
 
     /// `play-on-bridge`: plays in the home bridge (every part hears it through its leg).
@@ -495,27 +491,21 @@ impl Conferences {
         playback_id: &str,
         fallback: &str,
     ) -> Result<(), AriError> {
-        match self.forward() {
-            Some(remote) => remote(ConferenceOp::Play {
-                id: id.into(),
-                media: media.into(),
-                playback_id: playback_id.into(),
-                fallback: fallback.into(),
-            })
-            .await
-            .map(|_| ()),
-            None => self.play_here(id, media, playback_id, fallback).await,
-        }
+        self.run(ConferenceOp::Play {
+            id: id.into(),
+            media: media.into(),
+            playback_id: playback_id.into(),
+            fallback: fallback.into(),
+        })
+        .await
+        .map(drop)
     }
 
     /// The node to send a request about bridge `id` to: its home, else whichever node has it.
     pub async fn locate(&self, id: &str) -> Result<String, AriError> {
-        match self.forward() {
-            Some(remote) => remote(ConferenceOp::Locate { id: id.into() })
-                .await?
-                .ok_or_else(|| AriError::Failed("no node in the locate reply".into())),
-            None => self.locate_here(id).await,
-        }
+        self.run(ConferenceOp::Locate { id: id.into() })
+            .await?
+            .ok_or_else(|| AriError::Failed("no node in the locate reply".into()))
     }
 
     /// The node holding the home bridge of `id`.
@@ -525,7 +515,7 @@ impl Conferences {
         Some(conf.home.clone())
     }
 
-    /// `get-or-create-bridge` from a call on `node`.
+    /// [`Conferences::get_or_create`], done by this process.
     async fn get_or_create_here(
         &self,
         id: &str,
@@ -560,7 +550,7 @@ impl Conferences {
         Ok(())
     }
 
-    /// `bridge-add`: `channel` on `node` joins conference `id`.
+    /// [`Conferences::add`], done by this process.
     async fn add_here(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
         check_id(id)?;
         self.wait_retired(id).await;
@@ -638,7 +628,7 @@ impl Conferences {
         Ok(())
     }
 
-    /// `bridge-remove`.
+    /// [`Conferences::remove`], done by this process.
     async fn remove_here(&self, id: &str, channel: &str, node: &str) -> Result<(), AriError> {
         let target = self.node(node)?;
         target
@@ -665,7 +655,7 @@ impl Conferences {
         Ok(())
     }
 
-    /// `bridge-destroy`: every part, every leg.
+    /// [`Conferences::destroy`], done by this process.
     async fn destroy_here(&self, id: &str) -> Result<(), AriError> {
         let Some(shared) = self.bridges.lock().remove(id) else {
             let node = self.find_bridge(id).await?;
@@ -690,7 +680,7 @@ impl Conferences {
         first_error.map_or(Ok(()), Err)
     }
 
-    /// `play-on-bridge`: played in the home bridge, which every part hears through its leg.
+    /// [`Conferences::play`], done by this process.
     async fn play_here(
         &self,
         id: &str,
@@ -716,7 +706,7 @@ impl Conferences {
         Ok(())
     }
 
-    /// The node to send a request about bridge `id` to: its home, else whichever node has it.
+    /// [`Conferences::locate`], done by this process.
     async fn locate_here(&self, id: &str) -> Result<String, AriError> {
         match self.existing(id) {
             Some(shared) => Ok(shared.lock().await.home.clone()),

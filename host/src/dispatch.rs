@@ -25,6 +25,10 @@ use crate::conference::{Conferences, Note, TRUNK_APP};
 use crate::event::{self, Event, Kind, Receipt};
 use crate::ingress::Intake;
 use crate::ownership::Ownership;
+use crate::recent::Recent;
+
+/// How many channels that left Stasis dispatch remembers.
+const RECENTLY_ENDED: usize = 8192;
 use crate::runtime::{
     App, CallContext, CallEvent, CallHandle, CallerId, ChannelSnapshot, ChannelState, NodeEvent,
     NodeStatus, PlaybackInfo, PlaybackState, StartError,
@@ -100,44 +104,9 @@ pub struct Dispatch {
     external: Option<Arc<crate::facade::events::ExternalApps>>,
     /// Channels that recently left Stasis: a reconcile listing taken before they ended, or
     /// a StasisStart delivered again, must not bring them back as calls.
-    ended: Recent,
+    ended: Recent<String>,
     /// Whether dispatch feeds the conferences (not where a router of shared calls does).
     conference_notes: bool,
-}
-
-/// The last [`Recent::CAPACITY`] channel ids that ended, oldest forgotten first.
-#[derive(Default)]
-struct Recent {
-    ids: HashSet<String>,
-    order: std::collections::VecDeque<String>,
-}
-
-impl Recent {
-    const CAPACITY: usize = 8192;
-
-    fn insert(&mut self, id: &str) {
-        if self.ids.contains(id) {
-            return;
-        }
-        if self.order.len() == Self::CAPACITY
-            && let Some(old) = self.order.pop_front()
-        {
-            self.ids.remove(&old);
-        }
-        self.ids.insert(id.to_string());
-        self.order.push_back(id.to_string());
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
-    }
-
-    /// Forgets `id` (its slot in the order ages out with the others).
-    fn remove(&mut self, id: &str) {
-        if self.ids.remove(id) {
-            self.order.retain(|o| o != id);
-        }
-    }
 }
 
 impl Dispatch {
@@ -163,7 +132,7 @@ impl Dispatch {
             internal_tx,
             internal_rx,
             external: None,
-            ended: Recent::default(),
+            ended: Recent::new(RECENTLY_ENDED),
             conference_notes: true,
         }
     }
@@ -386,7 +355,7 @@ impl Dispatch {
             Kind::ChannelDestroyed { channel } | Kind::StasisEnd { channel } => {
                 self.ownership.forget_channel(&channel.id);
                 if event.application != TRUNK_APP {
-                    self.ended.insert(&channel.id);
+                    self.ended.insert(channel.id.clone());
                 }
             }
             _ => {

@@ -15,7 +15,6 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::{SinkExt, StreamExt};
-use reqwest::Method;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -24,7 +23,7 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
-use crate::cluster::{Cluster, Health, Node};
+use crate::cluster::{Cluster, Health, IdentifyError, Node};
 use crate::event::{Event, Receipt};
 
 /// What intake tells dispatch, per node, in order.
@@ -55,10 +54,8 @@ const PING_INTERVAL: Duration = Duration::from_secs(5);
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
 enum ConnectError {
-    #[error("cannot identify node: {0}")]
-    Identify(String),
     #[error(transparent)]
-    Duplicate(#[from] crate::cluster::DuplicateIdentity),
+    Identify(#[from] IdentifyError),
     #[error("websocket: {0}")]
     Socket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("no app to subscribe")]
@@ -73,11 +70,7 @@ pub async fn run_node(
     tx: mpsc::Sender<Intake>,
     max_reconnect: Duration,
 ) {
-    let backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(max_reconnect)
-        .with_jitter()
-        .without_max_times();
+    let backoff = reconnect_backoff(max_reconnect);
     let mut delays = backoff.build();
     loop {
         let names = apps.borrow_and_update().clone();
@@ -103,7 +96,7 @@ pub async fn run_node(
                 }
                 continue;
             }
-            Err(ConnectError::Duplicate(e)) => {
+            Err(ConnectError::Identify(IdentifyError::Duplicate(e))) => {
                 error!(node = %node.name, "{e}");
                 node.set_health(Health::Refused);
             }
@@ -122,28 +115,22 @@ pub async fn run_node(
     }
 }
 
+/// Delays between reconnection attempts, to a node or to the broker: exponential from 100 ms
+/// up to `max`, with jitter so a cluster that restarts at once is not hammered in lockstep.
+pub(crate) fn reconnect_backoff(max: Duration) -> ExponentialBuilder {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(max)
+        .with_jitter()
+        .without_max_times()
+}
+
 /// Identifies the node and opens its event socket for `apps`.
 async fn connect(node: &Node, cluster: &Cluster, apps: &[String]) -> Result<Socket, ConnectError> {
     if apps.is_empty() {
         return Err(ConnectError::NoApps);
     }
-    let info = node
-        .client
-        .call(
-            Method::GET,
-            "/asterisk/info",
-            &[("only".into(), "system".into())],
-            None,
-        )
-        .await
-        .map_err(|e| ConnectError::Identify(e.to_string()))?;
-    let entity_id = info.json()["system"]["entity_id"]
-        .as_str()
-        .map(str::to_string)
-        .ok_or_else(|| {
-            ConnectError::Identify("GET /asterisk/info has no system.entity_id".into())
-        })?;
-    cluster.claim(node, &entity_id)?;
+    cluster.identify(node).await?;
     open_socket(node, apps).await
 }
 

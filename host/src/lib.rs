@@ -21,6 +21,7 @@ pub mod facade;
 pub mod gateway;
 pub mod ingress;
 pub mod ownership;
+pub mod recent;
 pub mod replicas;
 pub mod router;
 pub mod runtime;

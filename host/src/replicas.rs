@@ -23,7 +23,7 @@
 //!   whose channel vanished) and queues adopted StasisStarts for channels in Stasis that no
 //!   replica was given (a replica that already has the call ignores the duplicate).
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -39,12 +39,14 @@ use reqwest::Method;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
 
+use crate::amqp::{has_header, header, header_value};
 use crate::backend::AriError;
 use crate::catalog::Catalog;
 use crate::cluster::{Cluster, Node};
 use crate::conference::{ConferenceOp, ConferenceReply, Conferences, Note, TRUNK_APP};
 use crate::event::{Event, Kind, Receipt};
 use crate::ingress::Intake;
+use crate::recent::Recent;
 
 /// How long a replica may stay silent before the router counts it gone.
 pub const MEMBER_TIMEOUT: Duration = Duration::from_millis(3500);
@@ -85,7 +87,7 @@ pub struct Sharing {
     fanout: String,
     members: Mutex<HashMap<String, Instant>>,
     routes: Mutex<HashMap<String, Route>>,
-    ended: Mutex<RecentSet>,
+    ended: Mutex<Recent<String>>,
     pending: Mutex<HashMap<String, oneshot::Sender<ConferenceReply>>>,
     channel: Mutex<Option<lapin::Channel>>,
     conferences: Arc<Conferences>,
@@ -113,7 +115,7 @@ impl Sharing {
             fanout: format!("{queue}.replicas"),
             members: Mutex::new(HashMap::new()),
             routes: Mutex::new(HashMap::new()),
-            ended: Mutex::new(RecentSet::default()),
+            ended: Mutex::new(Recent::new(8192)),
             pending: Mutex::new(HashMap::new()),
             channel: Mutex::new(None),
             conferences: conferences.clone(),
@@ -371,7 +373,7 @@ impl Sharing {
             )
         {
             self.routes.lock().remove(id);
-            self.ended.lock().insert(id);
+            self.ended.lock().insert(id.clone());
         }
         if let Kind::ChannelEnteredBridge { bridge, .. } | Kind::ChannelLeftBridge { bridge, .. } =
             &event.kind
@@ -607,24 +609,6 @@ fn rendezvous<'a>(key: &str, members: impl Iterator<Item = &'a String>) -> Optio
         .cloned()
 }
 
-fn header(name: &str, value: &str) -> FieldTable {
-    let mut table = FieldTable::default();
-    table.insert(name.into(), AMQPValue::LongString(value.into()));
-    table
-}
-
-pub fn has_header(delivery: &lapin::message::Delivery, name: &str) -> bool {
-    (delivery.properties.headers().as_ref()).is_some_and(|h| h.inner().contains_key(name))
-}
-
-fn header_value(delivery: &lapin::message::Delivery, name: &str) -> Option<String> {
-    match delivery.properties.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
-        AMQPValue::ShortString(s) => Some(s.as_str().to_string()),
-        _ => None,
-    }
-}
-
 /// The parts of a channel a StasisStart carries, from what `GET /channels` gave.
 fn channel_json(channel: &crate::event::Channel) -> serde_json::Value {
     serde_json::json!({
@@ -640,37 +624,6 @@ fn channel_json(channel: &crate::event::Channel) -> serde_json::Value {
             "app_data": channel.dialplan.app_data,
         },
     })
-}
-
-/// The last few thousand channel ids that ended.
-#[derive(Default)]
-struct RecentSet {
-    ids: HashSet<String>,
-    order: VecDeque<String>,
-}
-
-impl RecentSet {
-    const CAPACITY: usize = 8192;
-
-    fn insert(&mut self, id: &str) {
-        if !self.ids.insert(id.to_string()) {
-            return;
-        }
-        self.order.push_back(id.to_string());
-        if self.order.len() > Self::CAPACITY
-            && let Some(old) = self.order.pop_front()
-        {
-            self.ids.remove(&old);
-        }
-    }
-
-    fn contains(&self, id: &str) -> bool {
-        self.ids.contains(id)
-    }
-
-    fn remove(&mut self, id: &str) {
-        self.ids.remove(id);
-    }
 }
 
 #[cfg(test)]

@@ -19,18 +19,21 @@
 //! named threads (`sim`, `host`, `host2`), so CPU time is read per side from
 //! `/proc/self/task/*/stat`; the broker's CPU from its own process.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use stasis_e2e::{
-    InboundCall, NodeHandle, amqp_host_config, amqp_url, host_config, in_bridge, plugin,
-    rabbitmqctl_output, route_trunk_legs, sim_config, unique,
+    amqp_host_config, amqp_url, host_config, in_bridge, plugin, rabbitmqctl_output,
+    route_trunk_legs, sim_config, unique,
 };
 use stasis_host::gateway::Gateway;
 use stasis_host::runtime::{App, AppSettings, RuntimeConfig};
 use stasis_sim::{AmqpConfig, AmqpState};
+use support::{call, micros, percentile, run_calls, wait};
 use tokio::runtime::Runtime;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
@@ -197,80 +200,6 @@ fn queue_depth(queue: &str) -> Option<(u64, u64)> {
     })
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-#[track_caller]
-fn wait(mut ready: impl FnMut() -> bool) -> impl std::future::Future<Output = ()> {
-    let at = std::panic::Location::caller();
-    async move {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while !ready() {
-            assert!(Instant::now() < deadline, "benchmark stalled at {at}");
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-    }
-}
-
-fn call(node: &NodeHandle, i: usize) -> String {
-    node.inject_call(InboundCall {
-        caller_name: format!("caller{i}"),
-        caller_number: format!("{}", 1000 + i),
-        exten: "8000".into(),
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-/// Runs `total` calls in batches of `batch` on node `a`; returns the elapsed time.
-/// (The driving loop of `benches/flow.rs`.)
-async fn run_calls(
-    a: &NodeHandle,
-    total: usize,
-    batch: usize,
-    live: impl Fn() -> usize,
-) -> Duration {
-    let start = Instant::now();
-    let mut done = 0;
-    while done < total {
-        let ids: Vec<String> = (0..batch.min(total - done))
-            .map(|i| call(a, done + i))
-            .collect();
-        let t = Instant::now();
-        while !ids.iter().all(|id| in_bridge(a, id, "conf")) {
-            if t.elapsed() > Duration::from_secs(10) {
-                let bad: Vec<_> = ids
-                    .iter()
-                    .filter(|id| !in_bridge(a, id, "conf"))
-                    .map(|id| a.channel(id))
-                    .collect();
-                panic!("not bridged: {} {:?}", bad.len(), bad.first());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        for id in &ids {
-            a.hangup_far_end(id, None).unwrap();
-        }
-        let t = Instant::now();
-        while live() != 0 {
-            if t.elapsed() > Duration::from_secs(10) {
-                panic!("live {} channels {:?}", live(), a.channels().len());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        done += ids.len();
-    }
-    start.elapsed()
-}
-
 #[derive(Clone, Copy, PartialEq)]
 enum Intake {
     Websocket,
@@ -413,11 +342,15 @@ fn measure_flow(
 ) -> Flow {
     let a = rig.sim.node("a");
     // Warm-up.
-    sim_rt.block_on(run_calls(&a, 200, 50, || rig.live()));
+    sim_rt.block_on(run_calls(&a, 200, 50, Duration::from_secs(10), || {
+        rig.live()
+    }));
     probe.inner.lock().unwrap().1.clear();
     let (events0, replica0, published0) = (probe.events(), probe.per_replica(), rig.published());
     let cpu0 = cpu(broker);
-    let elapsed = sim_rt.block_on(run_calls(&a, total, batch, || rig.live()));
+    let elapsed = sim_rt.block_on(run_calls(&a, total, batch, Duration::from_secs(10), || {
+        rig.live()
+    }));
     let cpu = cpu(broker) - cpu0;
     let replica = probe.per_replica();
     let mut latency = std::mem::take(&mut probe.inner.lock().unwrap().1);
@@ -600,71 +533,44 @@ fn main() {
          conference at a time, all hang up (host and simulator: 1 worker thread each)\n"
     );
 
-    let rig = Rig::start(&sim_rt, &[&host_rt], Intake::Websocket, false);
-    let ws = measure_flow(
+    // Starts a rig, measures the flow through it and prints it; the rig stays up for more.
+    let flow = |label: &str, hosts: &[&Runtime], intake: Intake, share: bool| {
+        let rig = Rig::start(&sim_rt, hosts, intake, share);
+        let flow = measure_flow(label, &rig, &sim_rt, &probe, broker, total, batch);
+        print_flow(&flow);
+        (rig, flow)
+    };
+    let (rig, ws) = flow(
         "websocket intake, 1 host",
-        &rig,
-        &sim_rt,
-        &probe,
-        broker,
-        total,
-        batch,
+        &[&host_rt],
+        Intake::Websocket,
+        false,
     );
-    print_flow(&ws);
     rig.stop(&sim_rt);
-
-    let rig = Rig::start(&sim_rt, &[&host_rt], Intake::Amqp, false);
-    let one = measure_flow(
-        "AMQP intake, 1 host",
-        &rig,
-        &sim_rt,
-        &probe,
-        broker,
-        total,
-        batch,
-    );
-    print_flow(&one);
+    let (rig, one) = flow("AMQP intake, 1 host", &[&host_rt], Intake::Amqp, false);
     let (per_node, digits) = (100, 200);
     let raw = measure_raw(&rig, &sim_rt, &probe, broker, per_node, digits);
     rig.stop(&sim_rt);
-
-    let rig = Rig::start(&sim_rt, &[&host_rt, &host2_rt], Intake::Amqp, false);
-    let two = measure_flow(
+    let (rig, two) = flow(
         "AMQP intake, 2 host replicas (same queue, single active consumer)",
-        &rig,
-        &sim_rt,
-        &probe,
-        broker,
-        total,
-        batch,
+        &[&host_rt, &host2_rt],
+        Intake::Amqp,
+        false,
     );
-    print_flow(&two);
     rig.stop(&sim_rt);
-
-    let rig = Rig::start(&sim_rt, &[&host_rt], Intake::Amqp, true);
-    let shared_one = measure_flow(
+    let (rig, shared_one) = flow(
         "AMQP intake, 1 replica sharing calls (share_calls)",
-        &rig,
-        &sim_rt,
-        &probe,
-        broker,
-        total,
-        batch,
+        &[&host_rt],
+        Intake::Amqp,
+        true,
     );
-    print_flow(&shared_one);
     rig.stop(&sim_rt);
-
-    let rig = Rig::start(&sim_rt, &[&host_rt, &host2_rt], Intake::Amqp, true);
-    let shared_two = measure_flow(
+    let (rig, shared_two) = flow(
         "AMQP intake, 2 replicas sharing calls (share_calls)",
-        &rig,
-        &sim_rt,
-        &probe,
-        broker,
-        total,
-        batch,
+        &[&host_rt, &host2_rt],
+        Intake::Amqp,
+        true,
     );
-    print_flow(&shared_two);
     rig.stop(&sim_rt);
 
     let rate = |d: Duration| raw.events as f64 / d.as_secs_f64();

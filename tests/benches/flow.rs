@@ -12,15 +12,16 @@
 //! latency (call injected → in the conference bridge) of a local participant, of the first
 //! participant on another node (bridge part + trunk leg) and of a later one there.
 
+mod support;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use stasis_e2e::{
-    InboundCall, NodeHandle, host_config, in_bridge, plugin, route_trunk_legs, sim_config,
-};
+use stasis_e2e::{host_config, in_bridge, plugin, route_trunk_legs, sim_config};
 use stasis_host::gateway::Gateway;
 use stasis_host::runtime::{AppSettings, RuntimeConfig};
+use support::{call, micros, percentile, run_calls, wait};
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::{Layer, Registry};
@@ -101,76 +102,6 @@ fn cpu_of(prefixes: &[&str]) -> f64 {
     total
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
-}
-
-fn micros(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e6
-}
-
-#[track_caller]
-fn wait(mut ready: impl FnMut() -> bool) -> impl std::future::Future<Output = ()> {
-    let at = std::panic::Location::caller();
-    async move {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !ready() {
-            assert!(Instant::now() < deadline, "benchmark stalled at {at}");
-            tokio::time::sleep(Duration::from_micros(200)).await;
-        }
-    }
-}
-
-fn call(node: &NodeHandle, i: usize) -> String {
-    node.inject_call(InboundCall {
-        caller_name: format!("caller{i}"),
-        caller_number: format!("{}", 1000 + i),
-        exten: "8000".into(),
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-/// Runs `total` calls in batches of `batch` on node `a`; returns the elapsed time.
-async fn run_calls(
-    a: &NodeHandle,
-    total: usize,
-    batch: usize,
-    live: impl Fn() -> usize,
-) -> Duration {
-    let start = Instant::now();
-    let mut done = 0;
-    while done < total {
-        let ids: Vec<String> = (0..batch.min(total - done))
-            .map(|i| call(a, done + i))
-            .collect();
-        let t = Instant::now();
-        while !ids.iter().all(|id| in_bridge(a, id, "conf")) {
-            if t.elapsed() > Duration::from_secs(5) {
-                let bad: Vec<_> = ids
-                    .iter()
-                    .filter(|id| !in_bridge(a, id, "conf"))
-                    .map(|id| a.channel(id))
-                    .collect();
-                panic!("not bridged: {} {:?}", bad.len(), bad.first());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        for id in &ids {
-            a.hangup_far_end(id, None).unwrap();
-        }
-        let t = Instant::now();
-        while live() != 0 {
-            if t.elapsed() > Duration::from_secs(5) {
-                panic!("live {} channels {:?}", live(), a.channels().len());
-            }
-            tokio::time::sleep(Duration::from_millis(1)).await;
-        }
-        done += ids.len();
-    }
-    start.elapsed()
-}
-
 fn main() {
     let latency = Latency::default();
     tracing::subscriber::set_global_default(
@@ -241,12 +172,12 @@ fn main() {
     // (100 at a time: every join and leave updates BRIDGEPEER on every member, as Asterisk
     // does, so events per call grow with the conference).
     let live = || app.live_calls();
-    sim_rt.block_on(run_calls(&a, 200, 50, live));
+    sim_rt.block_on(run_calls(&a, 200, 50, Duration::from_secs(5), live));
     for (total, batch) in [(2000, 10), (3000, 100)] {
         latency.inner.lock().unwrap().1.clear();
         let events0 = latency.events.load(std::sync::atomic::Ordering::Relaxed);
         let (host_cpu0, sim_cpu0) = (cpu_of(&["host", "wasm-epoch"]), cpu_of(&["sim"]));
-        let elapsed = sim_rt.block_on(run_calls(&a, total, batch, live));
+        let elapsed = sim_rt.block_on(run_calls(&a, total, batch, Duration::from_secs(5), live));
         let (host_cpu, sim_cpu) = (
             cpu_of(&["host", "wasm-epoch"]) - host_cpu0,
             cpu_of(&["sim"]) - sim_cpu0,
