@@ -442,3 +442,72 @@ async fn a_call_beyond_the_apps_cap_is_rejected_with_congestion() {
     host.shutdown();
     sim.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_gets_on_event_only_for_the_event_types_it_declared() {
+    use stasis_host::runtime::EventInterest;
+    let rig = Rig::start(1, &[("causes", "hangup-cause"), ("probe", "probe")]).await;
+    let a = rig.node("a");
+    for (exten, app) in [("7200", "causes"), ("7100", "probe")] {
+        a.set_route(
+            "default",
+            exten,
+            stasis_sim::Route::Stasis {
+                app: app.into(),
+                args: vec!["answer".into()],
+            },
+        );
+    }
+    let causes = rig.host.catalog.get("causes").unwrap();
+    let probe = rig.host.catalog.get("probe").unwrap();
+    let mut calls = Vec::new();
+    for (caller, exten) in [("Alice", "7200"), ("Bob", "7100"), ("Carol", "7200")] {
+        let id = rig.call("a", caller, exten);
+        wait_for(&format!("{caller} answered"), || {
+            a.channel(&id).is_some_and(|c| c.state == "Up")
+        })
+        .await;
+        calls.push(id);
+    }
+    for (id, cause) in calls.iter().zip([17, 16, 21]) {
+        a.hangup_far_end(id, Some(cause)).unwrap();
+    }
+    wait_for("every call ended", || {
+        causes.live_calls() == 0 && probe.live_calls() == 0
+    })
+    .await;
+
+    // The declaration was asked and kept; the probe (the SDK's default) wants everything.
+    assert_eq!(
+        causes.event_interest(),
+        Some(&EventInterest::Only(
+            vec!["ChannelHangupRequest".into()].into()
+        ))
+    );
+    assert_eq!(probe.event_interest(), Some(&EventInterest::All));
+    // The same node sent the probe's call other events through on-event (state changes,
+    // variables); the hangup-cause app was woken only for the hangup requests.
+    let probe_trace = probe.kv_get(&format!("trace:{}", calls[1])).unwrap();
+    let probe_kinds: Vec<&str> = probe_trace
+        .lines()
+        .filter_map(|l| l.split("\"kind\":\"").nth(1))
+        .filter_map(|k| k.split('"').next())
+        .collect();
+    assert!(
+        probe_kinds.iter().any(|k| *k != "ChannelHangupRequest"),
+        "the probe saw other kinds: {probe_kinds:?}"
+    );
+    for (id, cause) in [(&calls[0], "17"), (&calls[2], "21")] {
+        assert_eq!(
+            causes.kv_get(&format!("events:{id}")).as_deref(),
+            Some("ChannelHangupRequest "),
+            "{id}"
+        );
+        assert_eq!(
+            causes.kv_get(&format!("cause:{id}")).as_deref(),
+            Some(cause)
+        );
+    }
+    assert_eq!(causes.kv_get("causes:17").as_deref(), Some("1"));
+    rig.stop().await;
+}

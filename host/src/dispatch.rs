@@ -42,6 +42,26 @@ struct LiveCall {
     up: bool,
 }
 
+impl LiveCall {
+    /// Delivers an `on-event` event (built by `event` only if needed), or just the channel
+    /// snapshot when the app did not ask for this type: most of a call's events are bridge
+    /// and variable updates that a typical app ignores, and not waking it is the cheapest
+    /// way to handle them.
+    fn deliver_other(
+        &self,
+        kind: &str,
+        event: impl FnOnce() -> CallEvent,
+        snapshot: Option<ChannelSnapshot>,
+        receipt: Option<Receipt>,
+    ) {
+        if self.app.wants_event(kind) {
+            self.handle.deliver_with(event(), snapshot, receipt);
+        } else if let Some(snapshot) = snapshot {
+            self.handle.update_snapshot(snapshot, receipt);
+        }
+    }
+}
+
 /// Messages dispatch sends itself from timers and background lookups.
 enum Internal {
     GraceExpired {
@@ -238,8 +258,9 @@ impl Dispatch {
                             receipt.take(),
                         );
                     } else {
-                        call.handle.deliver_with(
-                            other(&event),
+                        call.deliver_other(
+                            &event.kind_name,
+                            || other(&event),
                             Some(snapshot(channel)),
                             receipt.take(),
                         );
@@ -283,8 +304,9 @@ impl Dispatch {
                 if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
                     // The call joined this bridge: its app may act on it.
                     call.app.grant_bridge(&bridge.id);
-                    call.handle.deliver_with(
-                        bridge_event(&event, bridge, &self.conferences),
+                    call.deliver_other(
+                        &event.kind_name,
+                        || bridge_event(&event, bridge, &self.conferences),
                         channel.as_ref().map(snapshot),
                         receipt.take(),
                     );
@@ -302,8 +324,9 @@ impl Dispatch {
             }
             Kind::ChannelDestroyed { channel } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    call.handle.deliver_with(
-                        other(&event),
+                    call.deliver_other(
+                        &event.kind_name,
+                        || other(&event),
                         Some(snapshot(channel)),
                         receipt.take(),
                     );
@@ -322,8 +345,9 @@ impl Dispatch {
             }
             Kind::ChannelLeftBridge { channel, bridge } => {
                 if let Some(call) = self.calls.get(&channel.id) {
-                    call.handle.deliver_with(
-                        bridge_event(&event, bridge, &self.conferences),
+                    call.deliver_other(
+                        &event.kind_name,
+                        || bridge_event(&event, bridge, &self.conferences),
                         Some(snapshot(channel)),
                         receipt.take(),
                     );
@@ -331,8 +355,7 @@ impl Dispatch {
             }
             Kind::Other { channel } => {
                 if let Some(call) = channel.as_ref().and_then(|c| self.calls.get(&c.id)) {
-                    call.handle
-                        .deliver_with(other(&event), None, receipt.take());
+                    call.deliver_other(&event.kind_name, || other(&event), None, receipt.take());
                 }
             }
         }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
@@ -50,6 +51,8 @@ type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 /// How often the host pings a node; three silent intervals mean the node is gone even if
 /// TCP has not noticed (a partition sends no RST).
 const PING_INTERVAL: Duration = Duration::from_secs(5);
+/// Read buffer of a node's websocket (see `connect`).
+const READ_BUFFER: usize = 16 << 10;
 
 /// Why a connection attempt failed.
 #[derive(Debug, thiserror::Error)]
@@ -158,7 +161,12 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
             .parse()
             .expect("base64 is a valid header value"),
     );
-    let (socket, _) = tokio_tungstenite::connect_async(request).await?;
+    // tungstenite zero-fills the free part of its read buffer before every read; events are
+    // a few hundred bytes each, so its 128 KiB default cost more in memset than in parsing.
+    // The buffer still grows for larger messages.
+    let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    let (socket, _) =
+        tokio_tungstenite::connect_async_with_config(request, Some(config), false).await?;
     Ok(socket)
 }
 

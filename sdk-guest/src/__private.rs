@@ -4,6 +4,7 @@ use std::cell::RefCell;
 use std::thread::LocalKey;
 
 pub use crate::bindings::exports::stasis::app::callbacks::Guest;
+pub use crate::bindings::exports::stasis::app::interest::Guest as InterestGuest;
 pub use wit_bindgen;
 
 use crate::{App, CallContext, NodeEvent, Playback, Result};
@@ -19,6 +20,10 @@ fn run<A: App>(slot: &'static Slot<A>, name: &str, f: impl FnOnce(&mut A) -> Res
     if let Err(e) = result {
         crate::log::error(&format!("{name} failed: {}: {}", e.kind(), e.message()));
     }
+}
+
+pub fn on_event_types<A: App>() -> Vec<String> {
+    A::ON_EVENT.iter().map(|t| t.to_string()).collect()
 }
 
 pub fn on_start<A: App>(slot: &'static Slot<A>, ctx: CallContext) {

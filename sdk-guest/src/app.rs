@@ -6,6 +6,12 @@ use crate::{CallContext, NodeEvent, Playback, Result};
 /// (see the [crate docs](crate#the-model)); `ctx` is a snapshot of the call as of the event.
 /// Returning `Err` logs the error; it does not end the call.
 pub trait App: Default + 'static {
+    /// The ARI event types [`App::on_event`] receives, e.g. `&["ChannelHangupRequest"]`.
+    /// `&["*"]`, the default, is every type. An app that does not use `on_event` should say
+    /// `&[]`: the host then never wakes it for the twenty-odd bridge and variable events of a
+    /// typical call. The other callbacks are delivered either way.
+    const ON_EVENT: &'static [&'static str] = &["*"];
+
     /// The call entered the app (StasisStart). Always the first callback.
     fn on_start(&mut self, ctx: &CallContext) -> Result {
         let _ = ctx;

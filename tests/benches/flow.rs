@@ -102,6 +102,14 @@ fn cpu_of(prefixes: &[&str]) -> f64 {
     total
 }
 
+/// The figures of one round of a scenario.
+struct Round {
+    calls_per_sec: f64,
+    events_per_call: f64,
+    host_us: f64,
+    sim_us: f64,
+}
+
 fn main() {
     let latency = Latency::default();
     tracing::subscriber::set_global_default(
@@ -173,41 +181,55 @@ fn main() {
     // does, so events per call grow with the conference).
     let live = || app.live_calls();
     sim_rt.block_on(run_calls(&a, 200, 50, Duration::from_secs(5), live));
-    for (total, batch) in [(2000, 10), (3000, 100)] {
+    // Each scenario runs ROUNDS times; figures are the median round's (CPU time is read in
+    // 10 ms ticks and a shared VM is noisy, so one round can be off by 20 %).
+    const ROUNDS: usize = 3;
+    for (total, batch) in [(3000, 10), (2000, 100)] {
         latency.inner.lock().unwrap().1.clear();
-        let events0 = latency.events.load(std::sync::atomic::Ordering::Relaxed);
-        let (host_cpu0, sim_cpu0) = (cpu_of(&["host", "wasm-epoch"]), cpu_of(&["sim"]));
-        let elapsed = sim_rt.block_on(run_calls(&a, total, batch, Duration::from_secs(5), live));
-        let (host_cpu, sim_cpu) = (
-            cpu_of(&["host", "wasm-epoch"]) - host_cpu0,
-            cpu_of(&["sim"]) - sim_cpu0,
-        );
-        let events = latency.events.load(std::sync::atomic::Ordering::Relaxed) - events0;
+        let mut rounds = Vec::new();
+        for _ in 0..ROUNDS {
+            let events0 = latency.events.load(std::sync::atomic::Ordering::Relaxed);
+            let (host_cpu0, sim_cpu0) = (cpu_of(&["host", "wasm-epoch"]), cpu_of(&["sim"]));
+            let elapsed =
+                sim_rt.block_on(run_calls(&a, total, batch, Duration::from_secs(5), live));
+            let (host_cpu, sim_cpu) = (
+                cpu_of(&["host", "wasm-epoch"]) - host_cpu0,
+                cpu_of(&["sim"]) - sim_cpu0,
+            );
+            let events = latency.events.load(std::sync::atomic::Ordering::Relaxed) - events0;
+            rounds.push(Round {
+                calls_per_sec: total as f64 / elapsed.as_secs_f64(),
+                events_per_call: events as f64 / total as f64,
+                host_us: host_cpu * 1e6 / total as f64,
+                sim_us: sim_cpu * 1e6 / total as f64,
+            });
+        }
         let mut lat = std::mem::take(&mut latency.inner.lock().unwrap().1);
         lat.sort();
+        let host_all: Vec<String> = rounds.iter().map(|r| format!("{:.0}", r.host_us)).collect();
+        rounds.sort_by(|x, y| x.host_us.total_cmp(&y.host_us));
+        let r = &rounds[rounds.len() / 2];
         println!(
-            "conference flow, {total} calls, {batch} callers per conference at a time, one node \
-             (host: 1 worker thread, simulator: 1 worker thread)"
+            "conference flow, {total} calls × {ROUNDS} rounds, {batch} callers per conference at \
+             a time, one node (host: 1 worker thread, simulator: 1 worker thread); median round:"
         );
-        println!(
-            "  calls per second:                 {:.0}",
-            total as f64 / elapsed.as_secs_f64()
-        );
+        println!("  calls per second:                 {:.0}", r.calls_per_sec);
         println!(
             "  events per call (host intake):    {:.1}",
-            events as f64 / total as f64
+            r.events_per_call
         );
         println!(
-            "  host CPU per call:                {:.1} µs",
-            host_cpu * 1e6 / total as f64
+            "  host CPU per call:                {:.1} µs (rounds: {} µs)",
+            r.host_us,
+            host_all.join(", ")
         );
         println!(
             "  simulator CPU per call:           {:.1} µs (driver included)",
-            sim_cpu * 1e6 / total as f64
+            r.sim_us
         );
         println!(
             "  host share of CPU:                {:.0} %",
-            100.0 * host_cpu / (host_cpu + sim_cpu).max(f64::EPSILON)
+            100.0 * r.host_us / (r.host_us + r.sim_us).max(f64::EPSILON)
         );
         println!(
             "  event → request inside the host:  p50 {:.0} µs, p99 {:.0} µs ({} samples)",

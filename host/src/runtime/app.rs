@@ -6,11 +6,13 @@
 //! passes the same `Arc<AppShared>` to the new version (see
 //! [`Runtime::load_version`](super::Runtime::load_version)) and the cap counts calls on both.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use super::bindings::AppPre;
+use wasmtime::component::{ComponentExportIndex, InstancePre};
+
+use super::bindings::AppIndices;
 use super::call::{self, CallHandle, CallReport, CallState, StartError};
 use super::capability::{Capabilities, Resource};
 use super::compile;
@@ -109,11 +111,46 @@ impl AppShared {
     }
 }
 
+/// The ARI event types an app version wants through `on-event` (WIT `interest`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EventInterest {
+    /// Every type (the app does not export `interest`, or named `*`).
+    All,
+    /// Only these types.
+    Only(Box<[Box<str>]>),
+}
+
+impl EventInterest {
+    /// From the list the app returned.
+    pub fn from_types(types: Vec<String>) -> Self {
+        if types.iter().any(|t| t == "*") {
+            return EventInterest::All;
+        }
+        EventInterest::Only(types.into_iter().map(String::into_boxed_str).collect())
+    }
+
+    /// Whether an event of type `kind` goes to `on-event`.
+    pub fn wants(&self, kind: &str) -> bool {
+        match self {
+            EventInterest::All => true,
+            EventInterest::Only(types) => types.iter().any(|t| &**t == kind),
+        }
+    }
+}
+
 /// One loaded version of an app.
 pub struct App {
     pub(crate) runtime: Arc<RuntimeInner>,
     pub(crate) shared: Arc<AppShared>,
-    pub(crate) pre: AppPre<CallState>,
+    /// The component linked against the host's imports, ready to instantiate per call.
+    pub(crate) pre: InstancePre<CallState>,
+    /// Where the contract's exports are, to bind each instance without name lookups.
+    pub(crate) indices: AppIndices,
+    /// `interest.on-event-types`, if the app exports it.
+    pub(crate) interest_export: Option<ComponentExportIndex>,
+    /// What the app declared: asked in the first call's instance, so unknown (every event
+    /// delivered) until then.
+    pub(crate) interest: OnceLock<EventInterest>,
     pub(crate) settings: AppSettings,
     pub(crate) backend: Arc<dyn AriBackend>,
 }
@@ -142,11 +179,21 @@ impl App {
             .linker
             .instantiate_pre(&component)
             .map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))?;
-        let pre = AppPre::new(pre).map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))?;
+        let indices =
+            AppIndices::new(&pre).map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))?;
+        let interest_export =
+            compile::interest_export(&runtime, &component).map_err(RuntimeError::WrongWorld)?;
+        let interest = OnceLock::new();
+        if interest_export.is_none() {
+            let _ = interest.set(EventInterest::All);
+        }
         Ok(Arc::new(Self {
             runtime,
             shared,
             pre,
+            indices,
+            interest_export,
+            interest,
             settings,
             backend,
         }))
@@ -158,6 +205,17 @@ impl App {
 
     pub fn settings(&self) -> &AppSettings {
         &self.settings
+    }
+
+    /// Whether `on-event` of this version gets events of type `kind`. True until the app's
+    /// declaration is known.
+    pub fn wants_event(&self, kind: &str) -> bool {
+        self.interest.get().is_none_or(|i| i.wants(kind))
+    }
+
+    /// The app's declared interest, once its first instance has been asked.
+    pub fn event_interest(&self) -> Option<&EventInterest> {
+        self.interest.get()
     }
 
     /// State shared with the app's other versions (pass it to `load_version`).

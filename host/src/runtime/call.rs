@@ -73,7 +73,8 @@ pub struct CallReport {
 /// Boxed in the queue: tokio's unbounded channel allocates slots in blocks of 32, and a
 /// pointer-sized slot keeps an idle call's queue at a few hundred bytes instead of ~10 KiB.
 struct Msg {
-    event: CallEvent,
+    /// `None`: only the snapshot changed (an event the app did not ask for).
+    event: Option<CallEvent>,
     snapshot: Option<ChannelSnapshot>,
     /// Acknowledges the event to its source once its callback has run.
     receipt: Option<crate::event::Receipt>,
@@ -118,13 +119,28 @@ impl CallHandle {
         receipt: Option<crate::event::Receipt>,
     ) {
         if let Err(e) = self.tx.send(Box::new(Msg {
-            event,
+            event: Some(event),
             snapshot,
             receipt,
         })) {
-            tracing::debug!(call = %self.channel, event = e.0.event.callback_name(),
-                "event for a finished call discarded");
+            let event = e.0.event.as_ref().map_or("", CallEvent::callback_name);
+            tracing::debug!(call = %self.channel, event, "event for a finished call discarded");
         }
+    }
+
+    /// For an event the call's app did not ask for (see
+    /// [`App::wants_event`](super::App::wants_event)): no callback runs, but the channel as
+    /// of the event becomes the context of the next one.
+    pub fn update_snapshot(
+        &self,
+        snapshot: ChannelSnapshot,
+        receipt: Option<crate::event::Receipt>,
+    ) {
+        let _ = self.tx.send(Box::new(Msg {
+            event: None,
+            snapshot: Some(snapshot),
+            receipt,
+        }));
     }
 
     /// Whether the instance is gone.
@@ -332,7 +348,7 @@ pub(crate) async fn run_inline(
     let (tx, rx) = mpsc::unbounded_channel();
     for event in events {
         let _ = tx.send(Box::new(Msg {
-            event,
+            event: Some(event),
             snapshot: None,
             receipt: None,
         }));
@@ -344,12 +360,15 @@ pub(crate) async fn run_inline(
 /// The instance of a call.
 struct Instance {
     store: Store<CallState>,
+    instance: wasmtime::component::Instance,
     bindings: bindings::App,
     stderr: GuestOutput,
 }
 
 /// What to run: `on-start`, or the callback of an event.
 enum Callback<'a> {
+    /// `interest.on-event-types`, whose answer is stored on the app.
+    Interest(wasmtime::component::ComponentExportIndex),
     Start,
     Event(&'a CallEvent),
 }
@@ -357,6 +376,7 @@ enum Callback<'a> {
 impl Callback<'_> {
     fn name(&self) -> &'static str {
         match self {
+            Callback::Interest(_) => "on-event-types",
             Callback::Start => "on-start",
             Callback::Event(e) => e.callback_name(),
         }
@@ -401,14 +421,15 @@ impl Instance {
         });
         store.set_epoch_deadline(1);
         let deadline = settings.callback_deadline;
-        match tokio::time::timeout(
-            deadline + TIMEOUT_SLACK,
-            Box::pin(app.pre.instantiate_async(&mut store)),
-        )
-        .await
-        {
-            Ok(Ok(bindings)) => Ok(Self {
+        let instantiate = async {
+            let instance = app.pre.instantiate_async(&mut store).await?;
+            let bindings = app.indices.load(&mut store, &instance)?;
+            Ok::<_, wasmtime::Error>((instance, bindings))
+        };
+        match tokio::time::timeout(deadline + TIMEOUT_SLACK, Box::pin(instantiate)).await {
+            Ok(Ok((instance, bindings))) => Ok(Self {
                 store,
+                instance,
                 bindings,
                 stderr,
             }),
@@ -440,7 +461,17 @@ impl Instance {
         let store = &mut self.store;
         let playback;
         let node;
+        let app = &store.data().imports.app.clone();
+        let instance = self.instance;
         let fut: CallbackFuture<'_> = match cb {
+            Callback::Interest(index) => Box::pin(async move {
+                let func = instance.get_typed_func::<(), (Vec<String>,)>(&mut *store, &index)?;
+                let (types,) = func.call_async(&mut *store, ()).await?;
+                let _ = app
+                    .interest
+                    .set(super::app::EventInterest::from_types(types));
+                Ok(())
+            }),
             Callback::Start => Box::pin(cbs.call_on_start(store, ctx)),
             Callback::Event(CallEvent::Up) => Box::pin(cbs.call_on_up(store, ctx)),
             Callback::Event(CallEvent::Dtmf { digit, duration_ms }) => {
@@ -517,11 +548,21 @@ async fn drive(
     };
     if let Some(inst) = instance.as_mut() {
         let mut wctx: wit::CallContext = ctx.into();
-        let mut next: Option<Box<Msg>> = None;
-        loop {
+        // The event being handled and its receipt; `None` before on-start.
+        let mut next: Option<(CallEvent, Option<crate::event::Receipt>)> = None;
+        // The app's declaration of the events it wants, once per app version. A trap here is
+        // the call's fault like any callback's (the next call asks again).
+        let asked = match app.interest_export.filter(|_| app.interest.get().is_none()) {
+            Some(index) => inst.run(Callback::Interest(index), &wctx, deadline).await,
+            None => Ok(()),
+        };
+        if let Err(f) = asked {
+            fault = Some((f, "on-event-types"));
+        }
+        while fault.is_none() {
             let cb = match &next {
                 None => Callback::Start,
-                Some(m) => Callback::Event(&m.event),
+                Some((event, _)) => Callback::Event(event),
             };
             let name = cb.name();
             if let Err(f) = inst.run(cb, &wctx, deadline).await {
@@ -531,34 +572,42 @@ async fn drive(
             report.callbacks_run += 1;
             // Handled: acknowledge now, not when the next event replaces this one.
             start_receipt.take();
-            if let Some(m) = next.as_mut() {
-                m.receipt.take();
-            }
-            if next.as_ref().is_some_and(|m| m.event == CallEvent::End) {
-                report.ended = true;
-                break;
-            }
-            match rx.recv().await {
-                Some(mut m) => {
-                    if let Some(s) = m.snapshot.take() {
-                        wctx.channel = s.into();
-                    }
-                    if let CallEvent::PlaybackFinished(p) = &m.event {
-                        // The playback is over: the app no longer needs to act on it.
-                        let r = Resource::Playback(p.id.clone());
-                        app.shared.caps.revoke(&r);
-                        inst.store.data_mut().imports.owned.retain(|o| o != &r);
-                    }
-                    next = Some(m);
-                }
-                None => {
-                    if !inline {
-                        tracing::warn!(app = %tag.app, call = %tag.call,
-                            "call handle dropped before End; dropping the instance");
-                    }
+            if let Some((event, receipt)) = next.as_mut() {
+                receipt.take();
+                if *event == CallEvent::End {
+                    report.ended = true;
                     break;
                 }
             }
+            // The next event the app wants. Those it did not ask for (queued before its
+            // declaration was known) and snapshot-only updates still move its context on.
+            let received = loop {
+                let Some(mut m) = rx.recv().await else {
+                    break None;
+                };
+                if let Some(s) = m.snapshot.take() {
+                    wctx.channel = s.into();
+                }
+                match m.event.take() {
+                    Some(CallEvent::Other { kind, .. }) if !app.wants_event(&kind) => {}
+                    None => {}
+                    Some(event) => break Some((event, m.receipt.take())),
+                }
+            };
+            let Some((event, receipt)) = received else {
+                if !inline {
+                    tracing::warn!(app = %tag.app, call = %tag.call,
+                        "call handle dropped before End; dropping the instance");
+                }
+                break;
+            };
+            if let CallEvent::PlaybackFinished(p) = &event {
+                // The playback is over: the app no longer needs to act on it.
+                let r = Resource::Playback(p.id.clone());
+                app.shared.caps.revoke(&r);
+                inst.store.data_mut().imports.owned.retain(|o| o != &r);
+            }
+            next = Some((event, receipt));
         }
     }
 

@@ -6,18 +6,24 @@
 //! the same linker calls use, so an app that passes here instantiates later:
 //! 1. the bytes must be a component (a core module gets a message saying how to make one);
 //! 2. every import must be `stasis:app/{ari,log,kv,types}` or WASI that the linker provides;
-//! 3. the `stasis:app/callbacks` export must exist with the contract's function types.
+//! 3. the `stasis:app/callbacks` export must exist with the contract's function types;
+//! 4. the optional `stasis:app/interest` export, when present, must have its contract type.
 
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use wasmtime::component::Component;
+use wasmtime::component::types::ComponentItem;
+use wasmtime::component::{Component, ComponentExportIndex, Type};
 
 use super::bindings;
 use super::engine::{RuntimeError, RuntimeInner};
 
 /// The interface the app must export.
 pub const CALLBACKS_EXPORT: &str = "stasis:app/callbacks@0.1.0";
+/// The optional interface through which an app declares the events it wants.
+pub const INTEREST_EXPORT: &str = "stasis:app/interest@0.1.0";
+/// Its one function: `on-event-types: func() -> list<string>`.
+const INTEREST_FUNC: &str = "on-event-types";
 /// The contract's interfaces an app may import (besides WASI).
 const CONTRACT_IMPORTS: &[&str] = &[
     "stasis:app/ari@0.1.0",
@@ -97,6 +103,9 @@ fn check_world(rt: &RuntimeInner, component: &Component) -> Result<Vec<String>, 
     if !unknown.is_empty() {
         problems.push(format!("unknown imports: {}", unknown.join(", ")));
     }
+    if let Err(problem) = interest_export(rt, component) {
+        problems.push(problem);
+    }
     if !problems.is_empty() {
         return Err(RuntimeError::WrongWorld(problems.join("; ")));
     }
@@ -107,6 +116,33 @@ fn check_world(rt: &RuntimeInner, component: &Component) -> Result<Vec<String>, 
         .map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))?;
     bindings::AppPre::new(pre).map_err(|e| RuntimeError::WrongWorld(format!("{e:#}")))?;
     Ok(imports)
+}
+
+/// The app's `interest.on-event-types` function, if it exports the interface. Checked at
+/// upload (and again at load) so that asking it later cannot fail on its type.
+pub(crate) fn interest_export(
+    rt: &RuntimeInner,
+    component: &Component,
+) -> Result<Option<ComponentExportIndex>, String> {
+    let Some((ComponentItem::ComponentInstance(iface), index)) =
+        component.get_export(None, INTEREST_EXPORT)
+    else {
+        return Ok(None);
+    };
+    let wrong =
+        || format!("export `{INTEREST_EXPORT}` must be `{INTEREST_FUNC}: func() -> list<string>`");
+    let Some(ComponentItem::ComponentFunc(func)) =
+        iface.get_export(&rt.engine, INTEREST_FUNC).map(|e| e.ty)
+    else {
+        return Err(wrong());
+    };
+    let results: Vec<Type> = func.results().collect();
+    let list_of_strings =
+        matches!(results.as_slice(), [Type::List(l)] if matches!(l.ty(), Type::String));
+    if func.params().len() != 0 || !list_of_strings {
+        return Err(wrong());
+    }
+    Ok(component.get_export_index(Some(&index), INTEREST_FUNC))
 }
 
 pub(crate) fn compile(rt: &RuntimeInner, wasm: &[u8]) -> Result<Artifact, RuntimeError> {

@@ -48,9 +48,9 @@ mod types;
 #[cfg(test)]
 mod tests;
 
-pub use app::{App, AppSettings, AppShared};
+pub use app::{App, AppSettings, AppShared, EventInterest};
 pub use call::{CallHandle, CallReport, StartError};
-pub use compile::{Artifact, CALLBACKS_EXPORT};
+pub use compile::{Artifact, CALLBACKS_EXPORT, INTEREST_EXPORT};
 pub use engine::{Runtime, RuntimeConfig, RuntimeError};
 pub use fault::{Fault, FaultPolicy};
 pub use kv::{KvError, KvLimits, KvStore};

@@ -217,6 +217,43 @@ async fn callbacks_fire_in_order_with_context() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_only_update_runs_no_callback_but_moves_the_context() {
+    let (app, _) = load("probe", "rt-snapshot");
+    let h = app.start_call(ctx("rt-snapshot", "ch-s", &[])).unwrap();
+    // What dispatch sends for an event the app did not ask for: no on-event, new state.
+    h.update_snapshot(snapshot("ch-s", ChannelState::Ringing), None);
+    h.deliver(
+        CallEvent::Dtmf {
+            digit: "1".into(),
+            duration_ms: 80,
+        },
+        None,
+    );
+    h.deliver(CallEvent::End, None);
+    let report = finished(&h).await;
+    assert_eq!(report.callbacks_run, 3);
+    let t = trace(&app, "ch-s");
+    let names: Vec<&str> = t.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(names, ["on-start", "on-dtmf", "on-end"]);
+    assert_eq!(t[0].1["channel"]["state"], "ring");
+    assert_eq!(t[1].1["channel"]["state"], "ringing");
+    // The probe is built with the SDK's default declaration: every type.
+    assert_eq!(app.event_interest(), Some(&EventInterest::All));
+}
+
+#[test]
+fn event_interest_matches_declared_types_or_star() {
+    let only = EventInterest::from_types(vec!["ChannelHangupRequest".into()]);
+    assert!(only.wants("ChannelHangupRequest"));
+    assert!(!only.wants("ChannelVarset"));
+    assert!(!EventInterest::from_types(vec![]).wants("ChannelVarset"));
+    assert_eq!(
+        EventInterest::from_types(vec!["ChannelVarset".into(), "*".into()]),
+        EventInterest::All
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_import_produces_the_right_backend_call() {
     let (app, backend) = load("probe", "rt-exercise");
     let me = "ch-ex";

@@ -6,8 +6,9 @@
 //!   (ARI: `get-or-create-bridge("conf", mixing)`, then `answer(<channel>)`);
 //! * **on up**: add the call's channel to `conf` (ARI: `bridge-add("conf", <channel>)`).
 //!
-//! Nothing else: no other callback sends a request. A failed request is logged by the SDK; in
-//! `on start` a failed get-or-create stops there (the call is not answered).
+//! Nothing else: no other callback sends a request, and the app asks for no `on-event`
+//! events. A failed request is logged by the SDK; in `on start` a failed get-or-create stops
+//! there (the call is not answered).
 
 use stasis_sdk::prelude::*;
 
@@ -15,6 +16,9 @@ use stasis_sdk::prelude::*;
 struct Conference;
 
 impl App for Conference {
+    // No on_event: the host need not wake the call for bridge and variable updates.
+    const ON_EVENT: &'static [&'static str] = &[];
+
     fn on_start(&mut self, ctx: &CallContext) -> Result {
         bridge::get_or_create("conf", BridgeType::Mixing)?;
         ctx.answer()
