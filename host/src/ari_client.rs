@@ -6,7 +6,13 @@
 
 use std::time::Duration;
 
-use reqwest::{Client, Method, StatusCode};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::backend::AriError;
 
@@ -25,12 +31,17 @@ impl AriResponse {
 }
 
 /// ARI REST client for one node.
+///
+/// hyper's pooled client directly, not a general-purpose HTTP client: every call of every
+/// app goes through here, and a request to a node needs no redirects, cookies or URL
+/// parsing beyond the path, so the credentials header is built once and the URI is the
+/// base plus the path and query.
 #[derive(Debug, Clone)]
 pub struct AriClient {
-    http: Client,
+    http: Client<HttpConnector, Full<Bytes>>,
     base: String,
-    username: String,
-    password: String,
+    auth: HeaderValue,
+    timeout: Duration,
     node: String,
 }
 
@@ -44,18 +55,23 @@ impl AriClient {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> AriClient {
-        let http = Client::builder()
-            .connect_timeout(connect_timeout)
-            .timeout(request_timeout)
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(connect_timeout));
+        let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
-            .tcp_nodelay(true)
-            .build()
-            .expect("reqwest client with static settings");
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let credentials = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{username}:{password}"),
+        );
         AriClient {
             http,
             base: base.trim_end_matches('/').to_string(),
-            username: username.to_string(),
-            password: password.to_string(),
+            auth: HeaderValue::from_str(&format!("Basic {credentials}"))
+                .expect("base64 is a valid header value"),
+            timeout: request_timeout,
             node: node.to_string(),
         }
     }
@@ -74,26 +90,52 @@ impl AriClient {
         query: &[(String, String)],
         body: Option<serde_json::Value>,
     ) -> Result<AriResponse, AriError> {
-        let mut request = self
-            .http
-            .request(method.clone(), format!("{}{}", self.base, path))
-            .basic_auth(&self.username, Some(&self.password));
+        let what = || format!("{method} {path} on node {}", self.node);
+        let mut uri = format!("{}{}", self.base, path);
         if !query.is_empty() {
-            request = request.query(query);
+            uri.push('?');
+            uri.push_str(
+                &serde_urlencoded::to_string(query)
+                    .map_err(|e| AriError::Invalid(format!("{}: {e}", what())))?,
+            );
         }
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request
-            .send()
+        let mut request = Request::builder()
+            .method(method.clone())
+            .uri(uri)
+            .header(AUTHORIZATION, self.auth.clone());
+        let body = match body {
+            Some(json) => {
+                request =
+                    request.header(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+                Bytes::from(json.to_string())
+            }
+            None => Bytes::new(),
+        };
+        let request = request
+            .body(Full::new(body))
+            .map_err(|e| AriError::Invalid(format!("{}: {e}", what())))?;
+        let exchange = async {
+            let response = self
+                .http
+                .request(request)
+                .await
+                .map_err(|e| AriError::Unavailable(format!("{}: {}", what(), chain(&e))))?;
+            let status = response.status().as_u16();
+            let body = response
+                .into_body()
+                .collect()
+                .await
+                .map_err(|e| AriError::Unavailable(format!("{}: {}", what(), chain(&e))))?
+                .to_bytes();
+            let body = match String::from_utf8(body.into()) {
+                Ok(text) => text,
+                Err(e) => String::from_utf8_lossy(e.as_bytes()).into_owned(),
+            };
+            Ok(AriResponse { status, body })
+        };
+        tokio::time::timeout(self.timeout, exchange)
             .await
-            .map_err(|e| self.transport_error(&method, path, e))?;
-        let status = response.status().as_u16();
-        let body = response
-            .text()
-            .await
-            .map_err(|e| self.transport_error(&method, path, e))?;
-        Ok(AriResponse { status, body })
+            .map_err(|_| AriError::Timeout(format!("{}: no answer in time", what())))?
     }
 
     /// Sends one request and turns a non-2xx status into a typed error carrying Asterisk's
@@ -115,15 +157,18 @@ impl AriClient {
             ))
         }
     }
+}
 
-    fn transport_error(&self, method: &Method, path: &str, e: reqwest::Error) -> AriError {
-        let what = format!("{method} {path} on node {}", self.node);
-        if e.is_timeout() {
-            AriError::Timeout(format!("{what}: no answer in time"))
-        } else {
-            AriError::Unavailable(format!("{what}: {e}"))
-        }
+/// An error with its sources: hyper's own message is only "client error (Connect)".
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
     }
+    text
 }
 
 /// Asterisk's error text: `{"message": …}`, `{"error": …}` (some 500s), or the raw body
