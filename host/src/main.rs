@@ -10,6 +10,11 @@ use stasis_host::gateway::Gateway;
 use stasis_host::runtime::RuntimeConfig;
 use tracing_subscriber::EnvFilter;
 
+/// Every event and request allocates a few dozen small strings; mimalloc serves them from
+/// per-thread pages for less CPU than glibc's malloc (measured with the flow bench).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "stasis-host",

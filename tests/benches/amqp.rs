@@ -498,6 +498,10 @@ fn runtime(name: &str) -> Runtime {
         .unwrap()
 }
 
+/// The allocator of the `stasis-host` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     let probe = Probe::default();
     tracing::subscriber::set_global_default(

@@ -280,6 +280,10 @@ fn latency(rt: &tokio::runtime::Runtime, url: &str, auth: &str, n: usize) -> (f6
     })
 }
 
+/// The allocator of the `stasis-host` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() {
     if std::env::args().any(|a| a == "--list") {
         return; // `cargo test --benches` lists benches: nothing to list here

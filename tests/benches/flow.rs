@@ -119,6 +119,7 @@ struct Round {
     sim_us: f64,
 }
 
+/// The allocator of the `stasis-host` binary.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
