@@ -511,3 +511,108 @@ async fn an_app_gets_on_event_only_for_the_event_types_it_declared() {
     assert_eq!(causes.kv_get("causes:17").as_deref(), Some("1"));
     rig.stop().await;
 }
+
+/// The node's event filter for `app`: (allowed types, sorted; disallowed types).
+async fn node_filter(rig: &Rig, node: &str, app: &str) -> Option<(Vec<String>, Vec<String>)> {
+    let (user, pass) = rig.sim.credentials();
+    let response = reqwest::Client::new()
+        .get(format!("{}/applications/{app}", rig.node(node).ari_url()))
+        .basic_auth(user, Some(pass))
+        .send()
+        .await
+        .ok()?;
+    let json: serde_json::Value = response.json().await.ok()?;
+    let types = |key: &str| -> Vec<String> {
+        let mut v: Vec<String> = json[key]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["type"].as_str().map(str::to_string))
+            .collect();
+        v.sort();
+        v
+    };
+    Some((types("events_allowed"), types("events_disallowed")))
+}
+
+/// Waits until `app`'s filter on `node` allows exactly `kinds` (and disallows nothing).
+async fn wait_until_filter(rig: &Rig, node: &str, app: &str, kinds: &[String]) {
+    let mut last = None;
+    for _ in 0..200 {
+        last = node_filter(rig, node, app).await;
+        if last.as_ref().is_some_and(|(allowed, _)| allowed == kinds) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(last, Some((kinds.to_vec(), vec![])), "{app} on {node}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_send_only_the_events_the_host_and_the_apps_use_and_get_told_again_after_a_restart() {
+    use stasis_host::event::HOST_EVENTS;
+    let rig = Rig::start(2, &[("conf", "conference"), ("causes", "hangup-cause")]).await;
+    let a = rig.node("a");
+    a.set_route(
+        "default",
+        "7200",
+        stasis_sim::Route::Stasis {
+            app: "causes".into(),
+            args: vec![],
+        },
+    );
+    let mut host_kinds: Vec<String> = HOST_EVENTS.iter().map(|k| k.to_string()).collect();
+    host_kinds.sort();
+    let mut causes_kinds = host_kinds.clone();
+    causes_kinds.push("ChannelHangupRequest".into());
+    causes_kinds.sort();
+
+    // The host's own trunk-leg app is filtered from the start; an app only once its first
+    // call has told the host what it wants (until then the node sends it everything).
+    for node in ["a", "b"] {
+        wait_until_filter(&rig, node, "stasis-trunk", &host_kinds).await;
+        assert_eq!(
+            node_filter(&rig, node, "conf").await,
+            Some((vec![], vec![])),
+            "conf unfiltered before its first call"
+        );
+    }
+    let alice = rig.call("a", "Alice", "8000");
+    let bob = rig.call("a", "Bob", "7200");
+    wait_for("Alice bridged", || in_bridge(&a, &alice, "conf")).await;
+    let expected = [
+        ("conf", host_kinds.clone()),
+        ("causes", causes_kinds.clone()),
+        ("stasis-trunk", host_kinds.clone()),
+    ];
+    for node in ["a", "b"] {
+        for (app, kinds) in &expected {
+            wait_until_filter(&rig, node, app, kinds).await;
+        }
+    }
+    // Calls go on as before with the filters in place, including the hangup cause.
+    let carol = rig.call("a", "Carol", "8000");
+    wait_for("Carol bridged", || in_bridge(&a, &carol, "conf")).await;
+    a.hangup_far_end(&bob, Some(17)).unwrap();
+    let causes = rig.host.catalog.get("causes").unwrap();
+    wait_for("Bob's cause recorded", || {
+        causes.kv_get(&format!("cause:{bob}")).as_deref() == Some("17")
+    })
+    .await;
+
+    // A restarted node has forgotten its filters: they are set again once it is back.
+    a.kill().await;
+    wait_for("node a seen down", || {
+        !rig.host.cluster.node("a").unwrap().is_up()
+    })
+    .await;
+    a.revive().await.unwrap();
+    rig.wait_connected().await;
+    wait_until_filter(&rig, "a", "conf", &host_kinds).await;
+    let dave = rig.call("a", "Dave", "8000");
+    wait_for("a call on the restarted node bridged", || {
+        in_bridge(&a, &dave, "conf")
+    })
+    .await;
+    rig.stop().await;
+}

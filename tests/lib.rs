@@ -182,8 +182,8 @@ pub async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
 }
 
 /// The requests `node` received, as `"METHOD /path?query"`, without the host's own
-/// housekeeping (identification, the event websocket or AMQP registrations, and the channel
-/// listing it reconciles with whenever it (re)connects).
+/// housekeeping (identification, the event websocket or AMQP registrations, event filters,
+/// and the channel listing it reconciles with whenever it (re)connects).
 pub fn app_requests(node: &NodeHandle) -> Vec<String> {
     node.request_log()
         .into_iter()
@@ -191,6 +191,7 @@ pub fn app_requests(node: &NodeHandle) -> Vec<String> {
             let housekeeping = r.path.ends_with("/asterisk/info")
                 || r.path.ends_with("/events")
                 || r.path.starts_with("/ari/amqp/")
+                || r.path.ends_with("/eventFilter")
                 || (r.method == "GET" && r.path == "/ari/channels" && r.query.is_empty());
             !housekeeping
         })

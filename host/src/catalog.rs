@@ -10,7 +10,7 @@
 //! finish.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 use tokio::sync::watch;
@@ -25,6 +25,9 @@ pub struct Catalog {
     /// with `apps` write-locked, so the published names are always consistent.
     draining: parking_lot::Mutex<BTreeSet<String>>,
     names: watch::Sender<Vec<String>>,
+    /// Every version activated under each name, as long as something (the catalog, a call,
+    /// the version history) still holds it: what the nodes must keep sending events for.
+    versions: parking_lot::Mutex<BTreeMap<String, Vec<Weak<App>>>>,
 }
 
 impl Default for Catalog {
@@ -33,6 +36,7 @@ impl Default for Catalog {
             apps: RwLock::new(BTreeMap::new()),
             draining: parking_lot::Mutex::new(BTreeSet::new()),
             names: watch::channel(Vec::new()).0,
+            versions: parking_lot::Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -49,6 +53,11 @@ impl Catalog {
 
     /// Makes `app` the version for new calls of `name`; returns the one it replaces.
     pub fn activate(&self, name: &str, app: Arc<App>) -> Option<Arc<App>> {
+        self.versions
+            .lock()
+            .entry(name.to_string())
+            .or_default()
+            .push(Arc::downgrade(&app));
         let mut apps = self.apps.write();
         let old = apps.insert(name.to_string(), app);
         if old.is_none() && !self.draining.lock().contains(name) {
@@ -100,6 +109,22 @@ impl Catalog {
     /// Whether `name` is retired and still draining its calls.
     pub fn is_draining(&self, name: &str) -> bool {
         self.draining.lock().contains(name)
+    }
+
+    /// The versions of `name` still in use: the one taking new calls, those with calls in
+    /// progress, and any other still held.
+    pub fn versions(&self, name: &str) -> Vec<Arc<App>> {
+        let mut versions = self.versions.lock();
+        let Some(weak) = versions.get_mut(name) else {
+            return Vec::new();
+        };
+        weak.retain(|v| v.strong_count() > 0);
+        weak.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// The names the nodes must have registered right now.
+    pub fn names(&self) -> Vec<String> {
+        self.names.borrow().clone()
     }
 
     /// Every app version taking new calls.

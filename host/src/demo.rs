@@ -40,8 +40,12 @@ impl RequestTail {
         for (node, seen) in &mut self.nodes {
             let log = node.request_log();
             for r in log.iter().skip(*seen) {
-                // The host's own housekeeping (identify, websocket) is not the app's doing.
-                if r.path.ends_with("/asterisk/info") || r.path.ends_with("/events") {
+                // The host's own housekeeping (identify, websocket, event filters) is not the
+                // app's doing.
+                if r.path.ends_with("/asterisk/info")
+                    || r.path.ends_with("/events")
+                    || r.path.ends_with("/eventFilter")
+                {
                     continue;
                 }
                 let query = if r.query.is_empty() {

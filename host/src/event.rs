@@ -103,6 +103,21 @@ pub struct Playback {
     pub state: String,
 }
 
+/// The event types the host itself acts on (every typed [`Kind`]): a node must always send
+/// these, whatever the apps ask for (see `node_filter`).
+pub const HOST_EVENTS: &[&str] = &[
+    "StasisStart",
+    "StasisEnd",
+    "ChannelStateChange",
+    "ChannelDtmfReceived",
+    "ChannelDestroyed",
+    "ChannelEnteredBridge",
+    "ChannelLeftBridge",
+    "BridgeDestroyed",
+    "PlaybackFinished",
+    "ApplicationReplaced",
+];
+
 /// The kinds of event the host acts on; everything else is [`Kind::Other`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Kind {
@@ -359,6 +374,22 @@ mod tests {
         "dialplan":{"context":"default","exten":"8000","priority":2,"app_name":"Stasis","app_data":"conf"},
         "creationtime":"2026-11-28T15:34:40.286+0000","language":"en"},
         "asterisk_id":"02:00:00:00:00:0a","application":"conf"}"#;
+
+    #[test]
+    fn host_events_are_exactly_the_typed_kinds() {
+        let channel = r#"{"id":"c"}"#;
+        let bridge = r#"{"id":"b"}"#;
+        let playback = r#"{"id":"p"}"#;
+        for kind in HOST_EVENTS {
+            let text = format!(
+                r#"{{"type":"{kind}","channel":{channel},"bridge":{bridge},"playback":{playback},"digit":"1"}}"#
+            );
+            let event = Event::parse(&text).unwrap();
+            assert!(!matches!(event.kind, Kind::Other { .. }), "{kind} is typed");
+        }
+        let varset = Event::parse(r#"{"type":"ChannelVarset","channel":{"id":"c"}}"#).unwrap();
+        assert!(matches!(varset.kind, Kind::Other { .. }));
+    }
 
     #[test]
     fn parses_stasis_start_with_args_and_channel() {

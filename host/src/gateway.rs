@@ -20,6 +20,7 @@ use crate::config::{AppConfig, Config, Intake, OnFault};
 use crate::dispatch::{Dispatch, DispatchControl};
 use crate::facade::events::{ExternalApps, merged_names};
 use crate::ingress;
+use crate::node_filter;
 use crate::ownership::Ownership;
 use crate::replicas::Sharing;
 use crate::router::Router;
@@ -140,13 +141,21 @@ impl Gateway {
                     },
                     max_reconnect,
                 )),
-                _ => tokio::spawn(ingress::run_node(
-                    node.clone(),
-                    cluster.clone(),
-                    names.clone(),
-                    tx.clone(),
-                    max_reconnect,
-                )),
+                _ => {
+                    // Websocket nodes honour ARI event filters (node_filter.rs).
+                    tasks.push(tokio::spawn(node_filter::run_node(
+                        node.clone(),
+                        catalog.clone(),
+                        runtime.watch_interests(),
+                    )));
+                    tokio::spawn(ingress::run_node(
+                        node.clone(),
+                        cluster.clone(),
+                        names.clone(),
+                        tx.clone(),
+                        max_reconnect,
+                    ))
+                }
             };
             tasks.push(task);
         }

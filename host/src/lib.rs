@@ -20,6 +20,7 @@ pub mod event;
 pub mod facade;
 pub mod gateway;
 pub mod ingress;
+pub mod node_filter;
 pub mod ownership;
 pub mod recent;
 pub mod replicas;

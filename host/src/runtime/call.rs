@@ -467,9 +467,10 @@ impl Instance {
             Callback::Interest(index) => Box::pin(async move {
                 let func = instance.get_typed_func::<(), (Vec<String>,)>(&mut *store, &index)?;
                 let (types,) = func.call_async(&mut *store, ()).await?;
-                let _ = app
-                    .interest
-                    .set(super::app::EventInterest::from_types(types));
+                let interest = super::app::EventInterest::from_types(types);
+                if app.interest.set(interest).is_ok() {
+                    app.runtime.interests.send_modify(|n| *n += 1);
+                }
                 Ok(())
             }),
             Callback::Start => Box::pin(cbs.call_on_start(store, ctx)),

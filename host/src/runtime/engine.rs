@@ -96,6 +96,9 @@ pub(crate) struct RuntimeInner {
     pub(crate) claims: BridgeClaims,
     /// Live instances across all apps (≤ `config.max_instances`, the pool's size).
     pub(crate) live: AtomicUsize,
+    /// Bumped whenever an app version's declared interest becomes known (see
+    /// [`Runtime::watch_interests`]).
+    pub(crate) interests: tokio::sync::watch::Sender<u64>,
     compile_permits: tokio::sync::Semaphore,
     ticker_stop: Arc<AtomicBool>,
 }
@@ -150,6 +153,7 @@ impl Runtime {
                 linker,
                 claims: BridgeClaims::default(),
                 live: AtomicUsize::new(0),
+                interests: tokio::sync::watch::channel(0).0,
                 compile_permits: tokio::sync::Semaphore::new(config.compile_workers.max(1)),
                 ticker_stop,
                 config,
@@ -170,6 +174,12 @@ impl Runtime {
     /// Live instances across all apps.
     pub fn live_instances(&self) -> usize {
         self.inner.live.load(Ordering::Relaxed)
+    }
+
+    /// Changes whenever an app version's declared interest in events becomes known (asked in
+    /// its first call), so that the nodes can be told which events to send.
+    pub fn watch_interests(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.interests.subscribe()
     }
 
     /// The app that created (claimed) a bridge id through this runtime, if any.

@@ -13,8 +13,25 @@
 //! data, so a websocket taking an AMQP app over publishes nothing). `DELETE /ari/amqp/{app}` is
 //! `stasis_app_unregister`: it removes the app whoever owns it (a websocket owner stays open and
 //! simply receives nothing more).
+//!
+//! Event filter, as Asterisk's `resource_applications.c` / `res/stasis/app.c` implement
+//! `PUT /applications/{app}/eventFilter`: unknown app → 404 `Application not found`. The body
+//! is read only when sent as `application/json` (`ast_http_get_json`; otherwise it counts as
+//! absent) and must then be a JSON object or array (else 400 `Error parsing request body`). No
+//! body or `{}` → both lists reset to empty. An object with keys: each of `disallowed`, then
+//! `allowed`, if absent leaves its list unchanged, if present must be an array of objects with
+//! a non-empty string `type` (else 400 `Invalid format definition`) and replaces its list.
+//! `disallowed` is set first, so a bad `allowed` still leaves a good `disallowed` set (and a bad
+//! `disallowed` changes nothing). A top-level array is taken as both lists. 200 → the
+//! Application, whose `events_allowed` / `events_disallowed` (also in `GET /applications[/x]`)
+//! are the objects as sent. Filtering (`stasis_app_event_allowed`): an event goes out iff its
+//! `type` is in no `disallowed` object and (`allowed` is empty or lists it) — disallowed wins.
+//! Like Asterisk, only the websocket path filters (`ApplicationReplaced` to the old socket
+//! included); events published over AMQP are never filtered. The filter belongs to the app: it
+//! survives takeovers (websocket or AMQP) and goes away with the app.
 
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::error::AriError;
 use crate::params::Params;
@@ -27,8 +44,42 @@ struct AppJson<'a> {
     bridge_ids: Vec<&'a str>,
     endpoint_ids: &'a [String],
     device_names: &'a [String],
-    events_allowed: [(); 0],
-    events_disallowed: [(); 0],
+    events_allowed: &'a [Value],
+    events_disallowed: &'a [Value],
+}
+
+impl App {
+    /// `stasis_app_event_allowed`: not disallowed, and allowed (an empty list allows all).
+    pub(crate) fn event_allowed(&self, ty: &str) -> bool {
+        let listed = |list: &[Value]| list.iter().any(|f| f["type"] == ty);
+        !listed(&self.events_disallowed)
+            && (self.events_allowed.is_empty() || listed(&self.events_allowed))
+    }
+}
+
+/// `app_event_filter_set` for one list (`key` is `allowed` or `disallowed`).
+fn set_filter(list: &mut Vec<Value>, body: Option<&Value>, key: &str) -> Result<(), AriError> {
+    let filter = match body {
+        Some(Value::Object(o)) if o.is_empty() => None,
+        Some(Value::Object(o)) => match o.get(key) {
+            // Another key is given, not this one: leave this list as it is.
+            None => return Ok(()),
+            some => some,
+        },
+        other => other,
+    };
+    match filter {
+        None => list.clear(),
+        Some(Value::Array(items))
+            if items
+                .iter()
+                .all(|f| f["type"].as_str().is_some_and(|t| !t.is_empty())) =>
+        {
+            list.clone_from(items)
+        }
+        Some(_) => return Err(AriError::msg(400, "Invalid format definition")),
+    }
+    Ok(())
 }
 
 impl NodeState {
@@ -66,7 +117,10 @@ impl NodeState {
         if let Some(app) = self.apps.get_mut(name) {
             let old = std::mem::replace(&mut app.owner, owner);
             app.subscribe_all = subscribe_all;
-            if let Owner::Ws(old) = old {
+            // An app message like any other: the (kept) event filter applies to it.
+            if let Owner::Ws(old) = old
+                && app.event_allowed("ApplicationReplaced")
+            {
                 let mut ev = Ev::new();
                 ev.head("ApplicationReplaced");
                 ev.field("application", &Val::S(name));
@@ -83,6 +137,8 @@ impl NodeState {
                     subscribe_all,
                     endpoints: Vec::new(),
                     devices: Vec::new(),
+                    events_allowed: Vec::new(),
+                    events_disallowed: Vec::new(),
                 },
             );
         }
@@ -120,8 +176,8 @@ impl NodeState {
             bridge_ids,
             endpoint_ids: &app.endpoints,
             device_names: &app.devices,
-            events_allowed: [],
-            events_disallowed: [],
+            events_allowed: &app.events_allowed,
+            events_disallowed: &app.events_disallowed,
         })
         .ok()
     }
@@ -136,6 +192,22 @@ impl NodeState {
     pub(crate) fn get_app(&self, name: &str) -> Result<String, AriError> {
         self.app_json(name)
             .ok_or_else(|| AriError::not_found("Application"))
+    }
+
+    /// `PUT /applications/{app}/eventFilter` (`body`: the JSON body, `None` if there is none).
+    pub(crate) fn event_filter_api(
+        &mut self,
+        name: &str,
+        body: Option<&Value>,
+    ) -> Result<String, AriError> {
+        let app = self
+            .apps
+            .get_mut(name)
+            .ok_or_else(|| AriError::not_found("Application"))?;
+        // `disallowed` first, as `stasis_app_event_filter_set` does (no rollback on error).
+        set_filter(&mut app.events_disallowed, body, "disallowed")?;
+        set_filter(&mut app.events_allowed, body, "allowed")?;
+        self.get_app(name)
     }
 
     /// `POST|DELETE /applications/{app}/subscription?eventSource=channel:x,bridge:y,...`.

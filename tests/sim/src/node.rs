@@ -512,7 +512,8 @@ impl NodeHandle {
     /// Fault injection: send `text` verbatim on the event socket that owns `app`, as a buggy
     /// node or a newer Asterisk with unknown event types would. For an AMQP-registered app it is
     /// published instead (as `data` of the envelope, its `type`, if any, in the `name` header).
-    /// False when `app` does not exist (or its socket is gone).
+    /// The app's event filter (`PUT /applications/{app}/eventFilter`) does not apply. False
+    /// when `app` does not exist (or its socket is gone).
     pub fn send_raw_event(&self, app: &str, text: &str) -> bool {
         let st = self.inner.state.lock();
         let Some((key, a)) = st.apps.get_key_value(app) else {

@@ -78,6 +78,14 @@ async fn ari_handler(State(node): State<Arc<NodeInner>>, req: Request) -> Respon
     let path = req.uri().path().to_string();
     let query = req.uri().query().map(str::to_string);
     let authed = node.auth_ok(req.headers(), query.as_deref());
+    // `ast_http_get_json` reads a body only if its type (parameters aside) is
+    // `application/json`, case-insensitively.
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|t| t.split(';').next())
+        .is_some_and(|t| t.eq_ignore_ascii_case("application/json"));
     let body = axum::body::to_bytes(req.into_body(), 4 << 20)
         .await
         .unwrap_or_default();
@@ -92,7 +100,8 @@ async fn ari_handler(State(node): State<Arc<NodeInner>>, req: Request) -> Respon
         unauthorized()
     } else {
         let p = Params::parse(query.as_deref(), &body);
-        match handle(&node, &method, &path, &p) {
+        let json_body = (is_json && !body.is_empty()).then_some(&body[..]);
+        match handle(&node, &method, &path, &p, json_body) {
             Ok(Ok2::Json(b)) => json_response(StatusCode::OK, b),
             Ok(Ok2::Created(b)) => json_response(StatusCode::CREATED, b),
             Ok(Ok2::NoContent) => {
@@ -138,7 +147,27 @@ fn decode(seg: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-fn handle(node: &Arc<NodeInner>, method: &Method, path: &str, p: &Params) -> Result<Ok2, AriError> {
+/// The request's JSON entity as `ast_http_get_json` gives it to a handler: `None` without one;
+/// 400 when it does not parse as a JSON object or array (Asterisk's decoder takes no scalars).
+fn json_entity(body: Option<&[u8]>) -> Result<Option<serde_json::Value>, AriError> {
+    let Some(body) = body else {
+        return Ok(None);
+    };
+    match serde_json::from_slice(body) {
+        Ok(v @ (serde_json::Value::Object(_) | serde_json::Value::Array(_))) => Ok(Some(v)),
+        _ => Err(AriError::msg(400, "Error parsing request body")),
+    }
+}
+
+/// `json_body`: the raw body if it was sent as `application/json` (only handlers that take a
+/// whole JSON entity look at it; the others read [`Params`]).
+fn handle(
+    node: &Arc<NodeInner>,
+    method: &Method,
+    path: &str,
+    p: &Params,
+    json_body: Option<&[u8]>,
+) -> Result<Ok2, AriError> {
     let segs: Vec<String> = path["/ari/".len()..]
         .split('/')
         .filter(|s| !s.is_empty())
@@ -265,6 +294,9 @@ fn handle(node: &Arc<NodeInner>, method: &Method, path: &str, p: &Params) -> Res
         ("DELETE", ["applications", app, "subscription"]) => {
             st.subscribe_api(app, p, false).map(Ok2::Json)
         }
+        ("PUT", ["applications", app, "eventFilter"]) => json_entity(json_body)
+            .and_then(|f| st.event_filter_api(app, f.as_ref()))
+            .map(Ok2::Json),
 
         // Wazo's res_ari_amqp: 204 also when already registered / when unknown (recorded).
         ("POST", ["amqp", app]) => {

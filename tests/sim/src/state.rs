@@ -66,6 +66,10 @@ pub(crate) struct App {
     pub subscribe_all: bool,
     pub endpoints: Vec<String>,
     pub devices: Vec<String>,
+    /// `PUT /applications/{app}/eventFilter` lists, the objects as sent (`{"type": ...}`);
+    /// empty: no filter of that kind. See `apps.rs`.
+    pub events_allowed: Vec<serde_json::Value>,
+    pub events_disallowed: Vec<serde_json::Value>,
 }
 
 /// Something to do after the current critical section, possibly later, possibly on another node.
@@ -329,12 +333,16 @@ impl NodeState {
     }
 
     /// Finish an event for each target app and queue it on the app's owning socket (or the
-    /// node's AMQP publisher, for an AMQP-registered app: the same JSON text).
+    /// node's AMQP publisher, for an AMQP-registered app: the same JSON text). The app's event
+    /// filter applies to the socket only, as in Asterisk (`ari_websockets.c`); AMQP gets all.
     pub(crate) fn deliver(&self, ev: Ev, targets: &[Id]) {
         for app in targets {
             let Some(a) = self.apps.get(app) else {
                 continue;
             };
+            if matches!(a.owner, Owner::Ws(_)) && !a.event_allowed(&ev.ty) {
+                continue;
+            }
             let mut s = String::with_capacity(ev.buf.len() + 64 + app.len());
             s.push_str(&ev.buf);
             s.push_str("\"asterisk_id\":");

@@ -650,3 +650,71 @@ async fn control_api_reports_the_publisher() {
     assert_eq!(v["state"], "stopped");
     c.shutdown().await;
 }
+
+/// The app's event filter (`PUT /applications/{app}/eventFilter`) is applied by Asterisk on
+/// the websocket path only: an AMQP-registered app still publishes every event. The filter
+/// stays with the app when a websocket takes it over, and then applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_filter_applies_to_the_websocket_only() {
+    let exchange = unique("sim-filter");
+    let broker = Broker::connect().await;
+    broker.declare_exchange(&exchange).await;
+    let sub = broker.subscribe(&exchange, &["stasis.app.flt"]).await;
+    let c = cluster(&exchange, AmqpFormat::Envelope, ClusterConfig::default()).await;
+    let a = c.node("a");
+    let api = ari(&a);
+    a.set_route("default", "8100", stasis("flt", &[]));
+    assert_eq!(api.ok("POST", "/ari/amqp/flt").await.0, 204);
+    let allowed = json!([{"type": "StasisStart"}]);
+    let r = api
+        .http
+        .put(format!("{}/applications/flt/eventFilter", a.ari_url()))
+        .basic_auth("asterisk", Some("asterisk"))
+        .json(&json!({ "allowed": allowed }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let app: Value = r.json().await.unwrap();
+    assert_eq!(app["events_allowed"], allowed);
+
+    let one = a.inject_call(call("8100")).unwrap();
+    sub.wait_event("StasisStart", Some(&one), 3000).await;
+    assert_eq!(
+        api.ok("POST", &format!("/ari/channels/{one}/answer"))
+            .await
+            .0,
+        204
+    );
+    a.hangup_far_end(&one, Some(16)).unwrap();
+    sub.wait_event("StasisEnd", Some(&one), 3000).await;
+    let types: Vec<String> = sub
+        .settle(200, 2000)
+        .await
+        .iter()
+        .map(Received::ty)
+        .collect();
+    for t in ["ChannelStateChange", "ChannelHangupRequest", "StasisEnd"] {
+        assert!(types.iter().any(|x| x == t), "{t} published: {types:?}");
+    }
+
+    // A websocket takes the app over: same filter, now applied.
+    let ws = Ws::connect(&a.ws_url("flt")).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let (_, app) = api.ok("GET", "/ari/applications/flt").await;
+    assert_eq!(app["events_allowed"], allowed);
+    let two = a.inject_call(call("8100")).unwrap();
+    ws.wait_chan("StasisStart", &two, 3000).await.unwrap();
+    a.hangup_far_end(&two, Some(16)).unwrap();
+    for _ in 0..400 {
+        if a.channel(&two).is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(a.channel(&two).is_none());
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(ws.types(), ["StasisStart"]);
+    broker.delete_exchange(&exchange).await;
+    c.shutdown().await;
+}

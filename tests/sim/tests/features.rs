@@ -646,3 +646,332 @@ async fn event_field_order_matches_recordings() {
     );
     assert!(start.contains("\"timestamp\":\"20") && start.contains("+0000\""));
 }
+
+/// `PUT /ari/applications/{app}/eventFilter`, the body sent as `application/json` (`None`: no
+/// body at all).
+async fn put_filter(api: &Ari, app: &str, body: Option<Value>) -> (u16, Value) {
+    let r = api
+        .http
+        .put(format!("{}/ari/applications/{app}/eventFilter", api.base))
+        .basic_auth("asterisk", Some("asterisk"));
+    let r = match body {
+        Some(b) => r.json(&b),
+        None => r,
+    };
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// The same body as raw text with a given content type.
+async fn put_filter_raw(api: &Ari, app: &str, content_type: &str, body: &str) -> (u16, Value) {
+    let r = api
+        .http
+        .put(format!("{}/ari/applications/{app}/eventFilter", api.base))
+        .basic_auth("asterisk", Some("asterisk"))
+        .header("content-type", content_type)
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// One call into `conf` (answer, set a variable, hang up) and the types of the events `w`
+/// got for it, once quiet after StasisEnd (or after the hangup, if StasisEnd is filtered).
+async fn call_event_types(c: &Cluster, w: &Ws) -> Vec<String> {
+    let (a, api) = (c.node("a"), ari(c, "a"));
+    let from = w.count();
+    let id = a.inject_call(call("8000")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while a.channel(&id).and_then(|ch| ch.stasis_app).is_none() {
+        assert!(Instant::now() < deadline, "{id} never entered Stasis");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        api.ok("POST", &format!("/ari/channels/{id}/answer"))
+            .await
+            .0,
+        204
+    );
+    let (s, _) = api
+        .ok(
+            "POST",
+            &format!("/ari/channels/{id}/variable?variable=FOO&value=bar"),
+        )
+        .await;
+    assert_eq!(s, 204);
+    assert_eq!(
+        api.ok("DELETE", &format!("/ari/channels/{id}")).await.0,
+        204
+    );
+    while a.channel(&id).is_some() {
+        assert!(Instant::now() < deadline, "{id} never went away");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    w.events()[from..]
+        .iter()
+        .map(|e| {
+            assert_eq!(e["channel"]["id"], id.as_str(), "{e}");
+            e["type"].as_str().unwrap().to_string()
+        })
+        .collect()
+}
+
+fn only(types: &[String], keep: &[&str]) -> Vec<String> {
+    types
+        .iter()
+        .filter(|t| keep.contains(&t.as_str()))
+        .cloned()
+        .collect()
+}
+
+#[tokio::test]
+async fn event_filter_allowed_list_on_the_websocket() {
+    let c = cluster().await;
+    let w = Ws::connect(&c.node("a").ws_url("conf")).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let api = ari(&c, "a");
+    let unfiltered = call_event_types(&c, &w).await;
+    for t in [
+        "StasisStart",
+        "ChannelStateChange",
+        "ChannelVarset",
+        "ChannelHangupRequest",
+        "StasisEnd",
+    ] {
+        assert!(unfiltered.iter().any(|u| u == t), "{t} in {unfiltered:?}");
+    }
+    let allowed = json!([{"type": "StasisStart"}, {"type": "StasisEnd"}]);
+    let (s, app) = put_filter(&api, "conf", Some(json!({ "allowed": allowed }))).await;
+    assert_eq!(s, 200);
+    assert_eq!(app["name"], "conf");
+    assert_eq!(app["events_allowed"], allowed);
+    assert_eq!(app["events_disallowed"], json!([]));
+    let filtered = call_event_types(&c, &w).await;
+    assert_eq!(filtered, ["StasisStart", "StasisEnd"]);
+    assert_eq!(filtered, only(&unfiltered, &["StasisStart", "StasisEnd"]));
+}
+
+#[tokio::test]
+async fn event_filter_rules_and_application_json() {
+    let c = cluster().await;
+    let w = Ws::connect(&c.node("a").ws_url("conf")).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let api = ari(&c, "a");
+    let unfiltered = call_event_types(&c, &w).await;
+    let shows = |allowed: Value, disallowed: Value| {
+        let api = api.clone();
+        async move {
+            let (s, one) = api.ok("GET", "/ari/applications/conf").await;
+            assert_eq!(s, 200);
+            assert_eq!(
+                (&one["events_allowed"], &one["events_disallowed"]),
+                (&allowed, &disallowed)
+            );
+            let (_, all) = api.ok("GET", "/ari/applications").await;
+            assert_eq!(all, json!([one]));
+        }
+    };
+    shows(json!([]), json!([])).await;
+
+    // Disallowed wins over allowed; extra fields of the objects are kept as sent.
+    let allowed = json!([{"type": "StasisStart"}, {"type": "ChannelVarset", "note": 1}]);
+    let disallowed = json!([{"type": "ChannelVarset"}]);
+    let (s, app) = put_filter(
+        &api,
+        "conf",
+        Some(json!({"allowed": allowed, "disallowed": disallowed})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&allowed, &disallowed)
+    );
+    shows(allowed.clone(), disallowed.clone()).await;
+    assert_eq!(call_event_types(&c, &w).await, ["StasisStart"]);
+
+    // A key left out leaves that list unchanged.
+    let (s, app) = put_filter(&api, "conf", Some(json!({"disallowed": []}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&allowed, &json!([]))
+    );
+    assert_eq!(
+        call_event_types(&c, &w).await,
+        only(&unfiltered, &["StasisStart", "ChannelVarset"])
+    );
+    let only_end = json!([{"type": "StasisEnd"}]);
+    let (s, app) = put_filter(&api, "conf", Some(json!({"disallowed": only_end}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&allowed, &only_end)
+    );
+    // Only a disallowed list: everything else goes out.
+    let (s, _) = put_filter(&api, "conf", Some(json!({"allowed": []}))).await;
+    assert_eq!(s, 200);
+    shows(json!([]), only_end.clone()).await;
+    let got = call_event_types(&c, &w).await;
+    let mut want = unfiltered.clone();
+    want.retain(|t| t != "StasisEnd");
+    assert_eq!(got, want);
+
+    // An empty object resets both lists; so does no body at all.
+    put_filter(&api, "conf", Some(json!({"allowed": allowed}))).await;
+    let (s, app) = put_filter(&api, "conf", Some(json!({}))).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&json!([]), &json!([]))
+    );
+    put_filter(&api, "conf", Some(json!({"allowed": allowed}))).await;
+    let (s, app) = put_filter(&api, "conf", None).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&json!([]), &json!([]))
+    );
+    assert_eq!(call_event_types(&c, &w).await, unfiltered);
+
+    // A body not sent as application/json is not read: it resets too.
+    put_filter(&api, "conf", Some(json!({"allowed": allowed}))).await;
+    let text = json!({"allowed": allowed}).to_string();
+    let (s, app) = put_filter_raw(&api, "conf", "text/plain", &text).await;
+    assert_eq!(s, 200);
+    assert_eq!(app["events_allowed"], json!([]));
+    let (s, app) = put_filter_raw(&api, "conf", "Application/JSON; charset=utf-8", &text).await;
+    assert_eq!(s, 200);
+    assert_eq!(app["events_allowed"], allowed);
+    // A top-level array is taken as both lists.
+    let (s, app) = put_filter(&api, "conf", Some(only_end.clone())).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&only_end, &only_end)
+    );
+}
+
+#[tokio::test]
+async fn event_filter_errors() {
+    let c = cluster().await;
+    let _w = Ws::connect(&c.node("a").ws_url("conf")).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let api = ari(&c, "a");
+    let bad_format = json!({"message": "Invalid format definition"});
+    let (s, v) = put_filter(&api, "nope", Some(json!({}))).await;
+    assert_eq!((s, v), (404, json!({"message": "Application not found"})));
+    let (s, v) = put_filter(&api, "nope", None).await;
+    assert_eq!((s, v), (404, json!({"message": "Application not found"})));
+    for body in [
+        json!({"allowed": {"type": "x"}}),
+        json!({"allowed": [{"nottype": "x"}]}),
+        json!({"allowed": [{"type": ""}]}),
+        json!({"allowed": [{"type": 1}]}),
+        json!({"allowed": ["StasisStart"]}),
+        json!({"allowed": null}),
+        json!({"disallowed": "StasisStart"}),
+        json!([{"type": "StasisStart"}, {}]),
+    ] {
+        let (s, v) = put_filter(&api, "conf", Some(body.clone())).await;
+        assert_eq!((s, v), (400, bad_format.clone()), "{body}");
+    }
+    // Not JSON (or a bare scalar): rejected before the handler, even for an unknown app.
+    for text in [r#"{"allowed":"#, r#""StasisStart""#, "3"] {
+        for app in ["conf", "nope"] {
+            let (s, v) = put_filter_raw(&api, app, "application/json", text).await;
+            assert_eq!(
+                (s, v),
+                (400, json!({"message": "Error parsing request body"})),
+                "{text}"
+            );
+        }
+    }
+    let (_, app) = api.ok("GET", "/ari/applications/conf").await;
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&json!([]), &json!([]))
+    );
+
+    // `disallowed` is set before `allowed` is checked, and nothing is rolled back.
+    let a1 = json!([{"type": "StasisStart"}]);
+    let d1 = json!([{"type": "ChannelVarset"}]);
+    put_filter(&api, "conf", Some(json!({"allowed": a1}))).await;
+    let (s, v) = put_filter(
+        &api,
+        "conf",
+        Some(json!({"disallowed": d1, "allowed": {"type": "x"}})),
+    )
+    .await;
+    assert_eq!((s, v), (400, bad_format.clone()));
+    let (_, app) = api.ok("GET", "/ari/applications/conf").await;
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&a1, &d1)
+    );
+    // A bad `disallowed` changes nothing, not even a good `allowed`.
+    let (s, v) = put_filter(
+        &api,
+        "conf",
+        Some(json!({"allowed": [{"type": "StasisEnd"}], "disallowed": [{"x": 1}]})),
+    )
+    .await;
+    assert_eq!((s, v), (400, bad_format));
+    let (_, app) = api.ok("GET", "/ari/applications/conf").await;
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&a1, &d1)
+    );
+}
+
+#[tokio::test]
+async fn event_filter_belongs_to_the_app() {
+    let c = cluster().await;
+    let a = c.node("a");
+    let api = ari(&c, "a");
+    let first = Ws::connect(&a.ws_url("conf")).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let allowed = json!([{"type": "StasisStart"}]);
+    let (s, _) = put_filter(&api, "conf", Some(json!({ "allowed": allowed }))).await;
+    assert_eq!(s, 200);
+    // ApplicationReplaced is an app message too: filtered out here.
+    let second = Ws::connect(&a.ws_url("conf")).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(first.count(), 0, "{:?}", first.types());
+    // The filter stays with the app under its new owner.
+    let (_, app) = api.ok("GET", "/ari/applications/conf").await;
+    assert_eq!(app["events_allowed"], allowed);
+    assert_eq!(call_event_types(&c, &second).await, ["StasisStart"]);
+    assert_eq!(first.count(), 0);
+    // Allowed, it reaches the replaced socket.
+    let (s, _) = put_filter(
+        &api,
+        "conf",
+        Some(json!({"allowed": [{"type": "ApplicationReplaced"}]})),
+    )
+    .await;
+    assert_eq!(s, 200);
+    let third = Ws::connect(&a.ws_url("conf")).await;
+    second
+        .wait_for(0, 2000, |e| e["type"] == "ApplicationReplaced")
+        .await
+        .expect("ApplicationReplaced allowed");
+    // The owner closes: the app and its filter are gone; a new socket starts unfiltered.
+    third.close();
+    third.wait_closed(1000).await;
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(a.apps().is_empty());
+    let fourth = Ws::connect(&a.ws_url("conf")).await;
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let (_, app) = api.ok("GET", "/ari/applications/conf").await;
+    assert_eq!(
+        (&app["events_allowed"], &app["events_disallowed"]),
+        (&json!([]), &json!([]))
+    );
+    let types = call_event_types(&c, &fourth).await;
+    assert!(types.len() > 2 && types.iter().any(|t| t == "ChannelVarset"));
+}

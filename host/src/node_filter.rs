@@ -1,0 +1,184 @@
+//! Which events each node sends for each app: ARI's per-application event filter
+//! (`PUT /applications/{app}/eventFilter`, Asterisk 22).
+//!
+//! Asterisk sends an app every event of its channels and bridges. Most of a conference
+//! call's twenty-odd events are of types that neither the host acts on nor the app asked for
+//! (a caller joining a conference of N sets `BRIDGEPEER` on all N members, hanging up sets
+//! the RTP statistics variables, ...). An app that declares what it wants through `on-event`
+//! (WIT `interest`) lets the node leave the rest out: the node does less, the network
+//! carries less, and the host parses less — the host's intake was the largest share of its
+//! CPU per call.
+//!
+//! The filter of an app name is an allowed list: the host's own kinds
+//! ([`HOST_EVENTS`]) plus every type declared by the app's versions still in use. One
+//! version that wants every type, or whose declaration is not known yet (it is asked in the
+//! version's first call), leaves the app unfiltered. The host's trunk-leg app gets the host's
+//! kinds only. Filters are set on each node after every (re)connect, since a restarted node
+//! has forgotten them, and again when the apps or their declarations change.
+//!
+//! Websocket nodes only: Asterisk checks the filter when it writes an event to an ARI
+//! websocket, not on the AMQP path. Dispatch filters again by the app's declaration anyway,
+//! so a node that ignores the filter (an older Asterisk answers 404 to the request) costs
+//! CPU, never correctness.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::Method;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info};
+
+use crate::catalog::Catalog;
+use crate::cluster::{Health, Node};
+use crate::conference::TRUNK_APP;
+use crate::event::HOST_EVENTS;
+use crate::runtime::{App, EventInterest};
+
+/// How soon a filter the node refused (typically: the app is not registered there yet, the
+/// event socket is moving to a new app set) is tried again.
+const RETRY: Duration = Duration::from_millis(250);
+
+/// What a node is told to send for one app.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NodeFilter {
+    /// Every event (no filter).
+    All,
+    /// Only events of these types.
+    Allowed(BTreeSet<String>),
+}
+
+impl NodeFilter {
+    /// The filter an app name needs for `versions` (see the module docs).
+    pub fn for_versions(versions: &[Arc<App>]) -> NodeFilter {
+        let mut allowed: BTreeSet<String> = HOST_EVENTS.iter().map(|k| k.to_string()).collect();
+        for version in versions {
+            match version.event_interest() {
+                Some(EventInterest::Only(types)) => {
+                    allowed.extend(types.iter().map(|t| t.to_string()))
+                }
+                Some(EventInterest::All) | None => return NodeFilter::All,
+            }
+        }
+        NodeFilter::Allowed(allowed)
+    }
+
+    /// The request body: both lists are set, so the node's filter is exactly this one.
+    pub fn body(&self) -> serde_json::Value {
+        let allowed: Vec<serde_json::Value> = match self {
+            NodeFilter::All => Vec::new(),
+            NodeFilter::Allowed(types) => types.iter().map(|t| json!({ "type": t })).collect(),
+        };
+        json!({ "allowed": allowed, "disallowed": [] })
+    }
+}
+
+/// The filter every subscribed app name needs now. Names with no version in use (nothing
+/// loaded yet) are left alone.
+pub fn desired(catalog: &Catalog) -> BTreeMap<String, NodeFilter> {
+    let mut filters: BTreeMap<String, NodeFilter> = catalog
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let versions = catalog.versions(&name);
+            (!versions.is_empty()).then(|| (name, NodeFilter::for_versions(&versions)))
+        })
+        .collect();
+    filters.insert(TRUNK_APP.to_string(), NodeFilter::for_versions(&[]));
+    filters
+}
+
+/// Keeps one websocket node's filters as [`desired`] says, until the host shuts down.
+pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: watch::Receiver<u64>) {
+    let mut health = node.watch_health();
+    let mut names = catalog.watch_names();
+    loop {
+        while *health.borrow_and_update() != Health::Up {
+            if health.changed().await.is_err() {
+                return;
+            }
+        }
+        // Set on this connection of the node (a reconnect may be a restarted node).
+        let mut applied: HashMap<String, NodeFilter> = HashMap::new();
+        loop {
+            let want = desired(&catalog);
+            applied.retain(|name, _| want.contains_key(name));
+            let mut refused = false;
+            for (name, filter) in &want {
+                if applied.get(name) == Some(filter) {
+                    continue;
+                }
+                let path = format!("/applications/{name}/eventFilter");
+                match node
+                    .client
+                    .call(Method::PUT, &path, &[], Some(filter.body()))
+                    .await
+                {
+                    Ok(_) => {
+                        info!(node = %node.name, app = %name, filter = ?filter, "event filter set");
+                        applied.insert(name.clone(), filter.clone());
+                    }
+                    Err(e) => {
+                        debug!(node = %node.name, app = %name, error = %e, "event filter not set yet");
+                        refused = true;
+                    }
+                }
+            }
+            let retry = async {
+                if refused {
+                    tokio::time::sleep(RETRY).await
+                } else {
+                    std::future::pending().await
+                }
+            };
+            tokio::select! {
+                changed = health.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    if *health.borrow_and_update() != Health::Up {
+                        break;
+                    }
+                    applied.clear(); // reconnected: set everything again
+                }
+                changed = names.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    names.borrow_and_update();
+                }
+                changed = interests.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    interests.borrow_and_update();
+                }
+                _ = retry => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_or_unfiltered_versions_leave_the_node_unfiltered() {
+        assert_eq!(
+            NodeFilter::All.body(),
+            json!({ "allowed": [], "disallowed": [] })
+        );
+        let trunk = NodeFilter::for_versions(&[]);
+        let NodeFilter::Allowed(types) = &trunk else {
+            panic!("the trunk app is filtered: {trunk:?}");
+        };
+        assert!(types.contains("StasisStart") && types.contains("ChannelLeftBridge"));
+        assert!(!types.contains("ChannelVarset"));
+        assert_eq!(
+            trunk.body()["allowed"][0],
+            json!({ "type": "ApplicationReplaced" })
+        );
+    }
+}
