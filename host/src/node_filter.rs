@@ -37,8 +37,11 @@ use crate::event::HOST_EVENTS;
 use crate::runtime::{App, EventInterest};
 
 /// How soon a filter the node refused (typically: the app is not registered there yet, the
-/// event socket is moving to a new app set) is tried again.
+/// event socket is moving to a new app set) is tried again; doubled after each refusal up to
+/// `MAX_RETRY`, so a node that never accepts (an Asterisk without event filters) is asked
+/// rarely.
 const RETRY: Duration = Duration::from_millis(250);
+const MAX_RETRY: Duration = Duration::from_secs(30);
 
 /// What a node is told to send for one app.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +104,7 @@ pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: wat
         }
         // Set on this connection of the node (a reconnect may be a restarted node).
         let mut applied: HashMap<String, NodeFilter> = HashMap::new();
+        let mut retry_in = RETRY;
         loop {
             let want = desired(&catalog);
             applied.retain(|name, _| want.contains_key(name));
@@ -127,7 +131,7 @@ pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: wat
             }
             let retry = async {
                 if refused {
-                    tokio::time::sleep(RETRY).await
+                    tokio::time::sleep(retry_in).await
                 } else {
                     std::future::pending().await
                 }
@@ -141,20 +145,23 @@ pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: wat
                         break;
                     }
                     applied.clear(); // reconnected: set everything again
+                    retry_in = RETRY;
                 }
                 changed = names.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     names.borrow_and_update();
+                    retry_in = RETRY;
                 }
                 changed = interests.changed() => {
                     if changed.is_err() {
                         return;
                     }
                     interests.borrow_and_update();
+                    retry_in = RETRY;
                 }
-                _ = retry => {}
+                _ = retry => retry_in = (retry_in * 2).min(MAX_RETRY),
             }
         }
     }
