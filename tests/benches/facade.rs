@@ -446,7 +446,10 @@ fn main() {
         }
     }
     if let Some((mut child, _)) = nginx {
-        let _ = child.kill();
+        // SIGTERM, not SIGKILL: a killed master leaves its workers running.
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
         let _ = child.wait();
     }
     host.shutdown();
