@@ -614,5 +614,17 @@ async fn nodes_send_only_the_events_the_host_and_the_apps_use_and_get_told_again
         in_bridge(&a, &dave, "conf")
     })
     .await;
+
+    // A hot swap to a version not asked yet widens the filter at once: its first call may
+    // want anything (this one, the probe, wants every type).
+    rig.host
+        .load_app(
+            "conf",
+            stasis_e2e::plugin("probe"),
+            stasis_host::runtime::AppSettings::default(),
+        )
+        .await
+        .unwrap();
+    wait_until_filter(&rig, "a", "conf", &[]).await;
     rig.stop().await;
 }

@@ -58,6 +58,8 @@ impl AriClient {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(connect_timeout));
+        // Notices a pooled connection to a node that vanished without a FIN.
+        connector.set_keepalive(Some(Duration::from_secs(15)));
         let http = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))
             .pool_timer(TokioTimer::new())
@@ -66,11 +68,13 @@ impl AriClient {
             &base64::engine::general_purpose::STANDARD,
             format!("{username}:{password}"),
         );
+        let mut auth = HeaderValue::from_str(&format!("Basic {credentials}"))
+            .expect("base64 is a valid header value");
+        auth.set_sensitive(true);
         AriClient {
             http,
             base: base.trim_end_matches('/').to_string(),
-            auth: HeaderValue::from_str(&format!("Basic {credentials}"))
-                .expect("base64 is a valid header value"),
+            auth,
             timeout: request_timeout,
             node: node.to_string(),
         }
@@ -91,7 +95,13 @@ impl AriClient {
         body: Option<serde_json::Value>,
     ) -> Result<AriResponse, AriError> {
         let what = || format!("{method} {path} on node {}", self.node);
-        let mut uri = format!("{}{}", self.base, path);
+        // Ids and names from apps may hold characters a URI path cannot (spaces, quotes,
+        // non-ASCII): percent-encode those, as a URL parser would; `%` and `/` pass as they are.
+        let mut uri = format!(
+            "{}{}",
+            self.base,
+            percent_encoding::utf8_percent_encode(path, PATH)
+        );
         if !query.is_empty() {
             uri.push('?');
             uri.push_str(
@@ -119,13 +129,13 @@ impl AriClient {
                 .http
                 .request(request)
                 .await
-                .map_err(|e| AriError::Unavailable(format!("{}: {}", what(), chain(&e))))?;
+                .map_err(|e| transport_error(what(), &e))?;
             let status = response.status().as_u16();
             let body = response
                 .into_body()
                 .collect()
                 .await
-                .map_err(|e| AriError::Unavailable(format!("{}: {}", what(), chain(&e))))?
+                .map_err(|e| transport_error(what(), &e))?
                 .to_bytes();
             let body = match String::from_utf8(body.into()) {
                 Ok(text) => text,
@@ -159,16 +169,38 @@ impl AriClient {
     }
 }
 
-/// An error with its sources: hyper's own message is only "client error (Connect)".
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
+/// Characters escaped in a request path: those a URI path cannot hold as they are.
+const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
+    .add(b' ')
+    .add(b'"')
+    .add(b'#')
+    .add(b'<')
+    .add(b'>')
+    .add(b'?')
+    .add(b'`')
+    .add(b'{')
+    .add(b'}');
+
+/// A transport failure: `timeout` when any cause is a timed-out socket (the connect timeout),
+/// `unavailable` otherwise. The message has every cause: hyper's own is only "client error
+/// (Connect)".
+fn transport_error(what: String, e: &(dyn std::error::Error + 'static)) -> AriError {
+    let mut text = format!("{what}: {e}");
+    let mut timed_out = false;
     let mut source = e.source();
     while let Some(s) = source {
         text.push_str(": ");
         text.push_str(&s.to_string());
+        timed_out |= s
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
         source = s.source();
     }
-    text
+    if timed_out {
+        AriError::Timeout(text)
+    } else {
+        AriError::Unavailable(text)
+    }
 }
 
 /// Asterisk's error text: `{"message": …}`, `{"error": …}` (some 500s), or the raw body

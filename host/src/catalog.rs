@@ -25,9 +25,11 @@ pub struct Catalog {
     /// with `apps` write-locked, so the published names are always consistent.
     draining: parking_lot::Mutex<BTreeSet<String>>,
     names: watch::Sender<Vec<String>>,
-    /// Every version activated under each name, as long as something (the catalog, a call,
-    /// the version history) still holds it: what the nodes must keep sending events for.
+    /// Every version activated under each name, while anything still holds it; see
+    /// [`Catalog::versions`].
     versions: parking_lot::Mutex<BTreeMap<String, Vec<Weak<App>>>>,
+    /// Bumped on every change: activation (a hot swap too), removal, retirement, release.
+    changes: watch::Sender<u64>,
 }
 
 impl Default for Catalog {
@@ -37,6 +39,7 @@ impl Default for Catalog {
             draining: parking_lot::Mutex::new(BTreeSet::new()),
             names: watch::channel(Vec::new()).0,
             versions: parking_lot::Mutex::new(BTreeMap::new()),
+            changes: watch::channel(0).0,
         }
     }
 }
@@ -53,17 +56,34 @@ impl Catalog {
 
     /// Makes `app` the version for new calls of `name`; returns the one it replaces.
     pub fn activate(&self, name: &str, app: Arc<App>) -> Option<Arc<App>> {
-        self.versions
-            .lock()
-            .entry(name.to_string())
-            .or_default()
-            .push(Arc::downgrade(&app));
+        {
+            let mut versions = self.versions.lock();
+            let known = versions.entry(name.to_string()).or_default();
+            if !known
+                .iter()
+                .any(|v| std::ptr::eq(v.as_ptr(), Arc::as_ptr(&app)))
+            {
+                known.push(Arc::downgrade(&app));
+            }
+        }
         let mut apps = self.apps.write();
         let old = apps.insert(name.to_string(), app);
         if old.is_none() && !self.draining.lock().contains(name) {
             self.names.send_replace(self.published(&apps));
         }
+        drop(apps);
+        self.changed();
         old
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
+    }
+
+    /// Changes whenever any app is activated (hot swaps included), removed, retired or
+    /// released.
+    pub fn watch_changes(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// Stops taking new calls for `name`; calls in progress keep their version.
@@ -73,6 +93,8 @@ impl Catalog {
         if old.is_some() && !self.draining.lock().contains(name) {
             self.names.send_replace(self.published(&apps));
         }
+        drop(apps);
+        self.changed();
         old
     }
 
@@ -94,6 +116,8 @@ impl Catalog {
         if old.is_some() {
             self.draining.lock().insert(name.to_string());
         }
+        drop(apps);
+        self.changed();
         old
     }
 
@@ -104,6 +128,8 @@ impl Catalog {
         if self.draining.lock().remove(name) && !apps.contains_key(name) {
             self.names.send_replace(self.published(&apps));
         }
+        drop(apps);
+        self.changed();
     }
 
     /// Whether `name` is retired and still draining its calls.
@@ -111,15 +137,19 @@ impl Catalog {
         self.draining.lock().contains(name)
     }
 
-    /// The versions of `name` still in use: the one taking new calls, those with calls in
-    /// progress, and any other still held.
+    /// The versions of `name` in use: the one taking new calls and those with calls in
+    /// progress (versions only kept for a rollback are not).
     pub fn versions(&self, name: &str) -> Vec<Arc<App>> {
+        let active = self.get(name);
         let mut versions = self.versions.lock();
         let Some(weak) = versions.get_mut(name) else {
             return Vec::new();
         };
         weak.retain(|v| v.strong_count() > 0);
-        weak.iter().filter_map(Weak::upgrade).collect()
+        weak.iter()
+            .filter_map(Weak::upgrade)
+            .filter(|v| v.version_calls() > 0 || active.as_ref().is_some_and(|a| Arc::ptr_eq(a, v)))
+            .collect()
     }
 
     /// The names the nodes must have registered right now.

@@ -10,11 +10,13 @@
 //! CPU per call.
 //!
 //! The filter of an app name is an allowed list: the host's own kinds
-//! ([`HOST_EVENTS`]) plus every type declared by the app's versions still in use. One
-//! version that wants every type, or whose declaration is not known yet (it is asked in the
-//! version's first call), leaves the app unfiltered. The host's trunk-leg app gets the host's
-//! kinds only. Filters are set on each node after every (re)connect, since a restarted node
-//! has forgotten them, and again when the apps or their declarations change.
+//! ([`HOST_EVENTS`]) plus every type declared by the app's versions in use (the active one
+//! and those with calls in progress). One version that wants every type, or whose
+//! declaration is not known yet (it is asked in the version's first call), leaves the app
+//! unfiltered: a hot swap widens the filter at activation and narrows it once the new
+//! version has been asked. The host's trunk-leg app gets the host's kinds only. Filters are
+//! set on each node after every (re)connect, since a restarted node has forgotten them, again
+//! whenever the apps or their declarations change, and cleared for a name the host drops.
 //!
 //! Websocket nodes only: Asterisk checks the filter when it writes an event to an ARI
 //! websocket, not on the AMQP path. Dispatch filters again by the app's declaration anyway,
@@ -95,7 +97,7 @@ pub fn desired(catalog: &Catalog) -> BTreeMap<String, NodeFilter> {
 /// Keeps one websocket node's filters as [`desired`] says, until the host shuts down.
 pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: watch::Receiver<u64>) {
     let mut health = node.watch_health();
-    let mut names = catalog.watch_names();
+    let mut changes = catalog.watch_changes();
     loop {
         while *health.borrow_and_update() != Health::Up {
             if health.changed().await.is_err() {
@@ -107,7 +109,22 @@ pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: wat
         let mut retry_in = RETRY;
         loop {
             let want = desired(&catalog);
-            applied.retain(|name, _| want.contains_key(name));
+            // A name no longer ours: clear its filter, since on Asterisk the filter belongs to
+            // the app object, which can outlive our subscription and be taken by another
+            // client (a facade client, say). The node may have dropped the app already.
+            let gone: Vec<String> = applied
+                .keys()
+                .filter(|name| !want.contains_key(*name))
+                .cloned()
+                .collect();
+            for name in gone {
+                applied.remove(&name);
+                let path = format!("/applications/{name}/eventFilter");
+                let _ = node
+                    .client
+                    .call(Method::PUT, &path, &[], Some(NodeFilter::All.body()))
+                    .await;
+            }
             let mut refused = false;
             for (name, filter) in &want {
                 if applied.get(name) == Some(filter) {
@@ -147,11 +164,11 @@ pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: wat
                     applied.clear(); // reconnected: set everything again
                     retry_in = RETRY;
                 }
-                changed = names.changed() => {
+                changed = changes.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    names.borrow_and_update();
+                    changes.borrow_and_update();
                     retry_in = RETRY;
                 }
                 changed = interests.changed() => {

@@ -151,6 +151,8 @@ pub struct App {
     /// What the app declared: asked in the first call's instance, so unknown (every event
     /// delivered) until then.
     pub(crate) interest: OnceLock<EventInterest>,
+    /// Live calls of this version (`AppShared::live` counts all versions).
+    pub(crate) calls: AtomicUsize,
     pub(crate) settings: AppSettings,
     pub(crate) backend: Arc<dyn AriBackend>,
 }
@@ -194,6 +196,7 @@ impl App {
             indices,
             interest_export,
             interest,
+            calls: AtomicUsize::new(0),
             settings,
             backend,
         }))
@@ -216,6 +219,11 @@ impl App {
     /// The app's declared interest, once its first instance has been asked.
     pub fn event_interest(&self) -> Option<&EventInterest> {
         self.interest.get()
+    }
+
+    /// Live calls of this version only.
+    pub fn version_calls(&self) -> usize {
+        self.calls.load(Ordering::Relaxed)
     }
 
     /// State shared with the app's other versions (pass it to `load_version`).

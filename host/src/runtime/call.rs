@@ -304,6 +304,7 @@ impl Slot {
             return Err(e);
         }
         shared.caps.grant(&Resource::Channel(channel.to_owned()));
+        app.calls.fetch_add(1, Ordering::AcqRel);
         Ok(Self {
             app: app.clone(),
             channel: channel.to_owned(),
@@ -318,6 +319,7 @@ impl Drop for Slot {
             .caps
             .revoke(&Resource::Channel(std::mem::take(&mut self.channel)));
         shared.live.fetch_sub(1, Ordering::AcqRel);
+        self.app.calls.fetch_sub(1, Ordering::AcqRel);
         self.app.runtime.live.fetch_sub(1, Ordering::AcqRel);
     }
 }

@@ -850,6 +850,20 @@ async fn compile_rejects_bad_uploads_with_typed_errors() {
         Err(RuntimeError::WrongWorld(m)) => assert!(m.contains("acme:evil/net@1.0.0"), "{m}"),
         other => panic!("{other:?}"),
     }
+    // The optional interest export must have its contract type.
+    let wrong_interest = br#"(component
+        (core module $m (func (export "f") (result i32) i32.const 0))
+        (core instance $i (instantiate $m))
+        (func $f (result u32) (canon lift (core func $i "f")))
+        (instance $iface (export "on-event-types" (func $f)))
+        (export "stasis:app/interest@0.1.0" (instance $iface)))"#;
+    match rt.compile(wrong_interest.to_vec()).await {
+        Err(RuntimeError::WrongWorld(m)) => assert!(
+            m.contains(INTEREST_EXPORT) && m.contains("func() -> list<string>"),
+            "{m}"
+        ),
+        other => panic!("{other:?}"),
+    }
     assert!(matches!(
         rt.compile(b"(component (".to_vec()).await,
         Err(RuntimeError::Compile(_))
