@@ -55,15 +55,7 @@ impl AriClient {
         connect_timeout: Duration,
         request_timeout: Duration,
     ) -> AriClient {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        // Notices a pooled connection to a node that vanished without a FIN.
-        connector.set_keepalive(Some(Duration::from_secs(15)));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
+        let http = pooled_http(connect_timeout);
         let credentials = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
             format!("{username}:{password}"),
@@ -83,6 +75,12 @@ impl AriClient {
     /// The base URL (`…/ari`).
     pub fn base(&self) -> &str {
         &self.base
+    }
+
+    /// The node's `Authorization` header (HTTP Basic), built once: for the event websocket
+    /// and the facade's own pool too.
+    pub fn auth(&self) -> &HeaderValue {
+        &self.auth
     }
 
     /// Sends one request; `path` is relative to `/ari` and starts with `/`. Returns the
@@ -167,6 +165,20 @@ impl AriClient {
             ))
         }
     }
+}
+
+/// A keep-alive HTTP/1.1 pool to nodes, as the host uses everywhere (this client and the
+/// facade's pass-through pools).
+pub(crate) fn pooled_http(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    // Notices a pooled connection to a node that vanished without a FIN.
+    connector.set_keepalive(Some(Duration::from_secs(15)));
+    Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(60))
+        .pool_timer(TokioTimer::new())
+        .build(connector)
 }
 
 /// Characters escaped in a request path: those a URI path cannot hold as they are.

@@ -151,16 +151,9 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
         crate::conference::TRUNK_APP
     );
     let mut request = url.into_client_request()?;
-    let credentials = base64::Engine::encode(
-        &base64::engine::general_purpose::STANDARD,
-        format!("{}:{}", node.config.username, node.config.password),
-    );
-    request.headers_mut().insert(
-        "Authorization",
-        format!("Basic {credentials}")
-            .parse()
-            .expect("base64 is a valid header value"),
-    );
+    request
+        .headers_mut()
+        .insert("Authorization", node.client.auth().clone());
     // tungstenite zero-fills the free part of its read buffer before every read; events are
     // a few hundred bytes each, so its 128 KiB default cost more in memset than in parsing.
     // The buffer still grows for larger messages.

@@ -33,11 +33,11 @@ use stasis_e2e::{
 use stasis_host::gateway::Gateway;
 use stasis_host::runtime::{App, AppSettings, RuntimeConfig};
 use stasis_sim::{AmqpConfig, AmqpState};
-use support::{call, micros, percentile, run_calls, wait};
+use support::{call, install_tracing, micros, percentile, run_calls, wait};
 use tokio::runtime::Runtime;
 use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::{Layer, Registry};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
 
 /// Channel → when its latest event reached dispatch; and the latencies measured so far.
 type Pending = (HashMap<String, Instant>, Vec<Duration>);
@@ -498,30 +498,9 @@ fn runtime(name: &str) -> Runtime {
         .unwrap()
 }
 
-/// The allocator of the `stasis-host` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let probe = Probe::default();
-    tracing::subscriber::set_global_default(
-        Registry::default()
-            .with(
-                probe.clone().with_filter(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_target("stasis::latency", tracing::Level::TRACE),
-                ),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(
-                        tracing_subscriber::filter::Targets::new()
-                            .with_default(tracing::Level::WARN),
-                    ),
-            ),
-    )
-    .unwrap();
+    install_tracing(probe.clone());
     let (total, batch) = (2000, 10);
     let sim_rt = runtime("sim");
     let host_rt = runtime("host");

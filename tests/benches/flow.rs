@@ -21,10 +21,10 @@ use std::time::{Duration, Instant};
 use stasis_e2e::{host_config, in_bridge, plugin, route_trunk_legs, sim_config};
 use stasis_host::gateway::Gateway;
 use stasis_host::runtime::{AppSettings, RuntimeConfig};
-use support::{call, micros, percentile, run_calls, wait};
+use support::{call, install_tracing, micros, percentile, run_calls, wait};
 use tracing::field::{Field, Visit};
-use tracing_subscriber::layer::{Context, SubscriberExt};
-use tracing_subscriber::{Layer, Registry};
+use tracing_subscriber::Layer;
+use tracing_subscriber::layer::Context;
 
 /// Pairs "event" and "request" traces per channel into latencies.
 /// Channel → when its latest event reached dispatch; and the latencies measured so far.
@@ -119,30 +119,9 @@ struct Round {
     sim_us: f64,
 }
 
-/// The allocator of the `stasis-host` binary.
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() {
     let latency = Latency::default();
-    tracing::subscriber::set_global_default(
-        Registry::default()
-            .with(
-                latency.clone().with_filter(
-                    tracing_subscriber::filter::Targets::new()
-                        .with_target("stasis::latency", tracing::Level::TRACE),
-                ),
-            )
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
-                    .with_filter(
-                        tracing_subscriber::filter::Targets::new()
-                            .with_default(tracing::Level::WARN),
-                    ),
-            ),
-    )
-    .unwrap();
+    install_tracing(latency.clone());
     let sim_rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .thread_name("sim")

@@ -15,8 +15,8 @@ use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Uri};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::TokioExecutor;
 
+use crate::ari_client::pooled_http;
 use crate::backend::AriError;
 use crate::cluster::{Cluster, Node};
 
@@ -43,29 +43,18 @@ pub struct Upstream {
 
 impl Upstream {
     pub fn new(cluster: &Cluster, connect_timeout: Duration, timeout: Duration) -> Upstream {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(connect_timeout));
-        let http = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .build(connector);
         let nodes = cluster
             .nodes()
             .map(|n| {
-                let credentials = format!("{}:{}", n.config.username, n.config.password);
-                let auth = format!(
-                    "Basic {}",
-                    base64::Engine::encode(&base64::engine::general_purpose::STANDARD, credentials)
-                );
                 let pool = NodePool {
                     base: n.config.ari_base(),
-                    auth: HeaderValue::from_str(&auth).expect("base64 is a valid header value"),
+                    auth: n.client.auth().clone(),
                 };
                 (n.name.clone(), pool)
             })
             .collect();
         Upstream {
-            http,
+            http: pooled_http(connect_timeout),
             nodes,
             timeout,
         }

@@ -463,10 +463,10 @@ impl Instance {
         let store = &mut self.store;
         let playback;
         let node;
-        let app = &store.data().imports.app.clone();
         let instance = self.instance;
         let fut: CallbackFuture<'_> = match cb {
             Callback::Interest(index) => Box::pin(async move {
+                let app = store.data().imports.app.clone();
                 let func = instance.get_typed_func::<(), (Vec<String>,)>(&mut *store, &index)?;
                 let (types,) = func.call_async(&mut *store, ()).await?;
                 let interest = super::app::EventInterest::from_types(types);

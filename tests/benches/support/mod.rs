@@ -3,6 +3,34 @@
 use std::time::{Duration, Instant};
 
 use stasis_e2e::{InboundCall, NodeHandle, in_bridge};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::{Layer, Registry};
+
+/// The allocator of the `stasis-host` binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Installs `probe` for the host's `stasis::latency` traces, and warnings to stderr.
+pub fn install_tracing(probe: impl Layer<Registry> + Send + Sync + 'static) {
+    tracing::subscriber::set_global_default(
+        Registry::default()
+            .with(
+                probe.with_filter(
+                    tracing_subscriber::filter::Targets::new()
+                        .with_target("stasis::latency", tracing::Level::TRACE),
+                ),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_filter(
+                        tracing_subscriber::filter::Targets::new()
+                            .with_default(tracing::Level::WARN),
+                    ),
+            ),
+    )
+    .unwrap();
+}
 
 pub fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
