@@ -550,7 +550,7 @@ async fn wait_until_filter(rig: &Rig, node: &str, app: &str, kinds: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_send_only_the_events_the_host_and_the_apps_use_and_get_told_again_after_a_restart() {
-    use stasis_host::event::HOST_EVENTS;
+    use stasis_host::event::{HOST_EVENTS, REST_RESPONSE};
     let rig = Rig::start(2, &[("conf", "conference"), ("causes", "hangup-cause")]).await;
     let a = rig.node("a");
     a.set_route(
@@ -561,7 +561,12 @@ async fn nodes_send_only_the_events_the_host_and_the_apps_use_and_get_told_again
             args: vec![],
         },
     );
-    let mut host_kinds: Vec<String> = HOST_EVENTS.iter().map(|k| k.to_string()).collect();
+    // The host's own kinds, and the answers to requests it sends on the socket.
+    let mut host_kinds: Vec<String> = HOST_EVENTS
+        .iter()
+        .chain([&REST_RESPONSE])
+        .map(|k| k.to_string())
+        .collect();
     host_kinds.sort();
     let mut causes_kinds = host_kinds.clone();
     causes_kinds.push("ChannelHangupRequest".into());
@@ -626,5 +631,102 @@ async fn nodes_send_only_the_events_the_host_and_the_apps_use_and_get_told_again
         .await
         .unwrap();
     wait_until_filter(&rig, "a", "conf", &[]).await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_go_on_the_event_websocket_where_the_node_takes_them_there_and_over_http_elsewhere()
+ {
+    // a: Asterisk 22.4+; b: an older Asterisk that ignores requests on the socket; c: takes
+    // them, but the host is configured to use HTTP there.
+    let mut sim_config = stasis_e2e::sim_config(3);
+    sim_config.nodes[1].rest_over_websocket = false;
+    stasis_e2e::init_logging();
+    let sim = stasis_sim::Cluster::start(sim_config).await.unwrap();
+    stasis_e2e::route_trunk_legs(&sim);
+    let mut config = stasis_e2e::host_config(&sim, "");
+    config.nodes.get_mut("c").unwrap().rest = stasis_host::config::RestTransport::Http;
+    let host = stasis_host::gateway::Gateway::start(config, stasis_e2e::runtime_config())
+        .await
+        .unwrap();
+    stasis_e2e::load_plugin_cached(&host, "conf", "conference").await;
+    let rig = Rig { sim, host };
+    rig.wait_connected().await;
+    let socket_ready = |node: &str| {
+        rig.host
+            .cluster
+            .node(node)
+            .unwrap()
+            .client
+            .socket()
+            .is_ready()
+    };
+    wait_for("node a takes requests on its socket", || socket_ready("a")).await;
+
+    let mut calls = Vec::new();
+    for node in ["a", "b", "c"] {
+        let id = rig.call(node, "Alice", "8000");
+        wait_for(&format!("{node}: bridged"), || {
+            in_bridge(&rig.node(node), &id, "conf")
+        })
+        .await;
+        calls.push((node, id));
+    }
+    // How each node got each request of its call, as its log says.
+    let transports = |node: &str, id: &str| -> Vec<(String, bool)> {
+        rig.node(node)
+            .request_log()
+            .into_iter()
+            .filter(|r| r.path.contains(id) || r.query.contains(id))
+            .map(|r| (format!("{} {}", r.method, r.path), r.over_websocket))
+            .collect()
+    };
+    for (node, id) in &calls {
+        let over_socket = *node == "a";
+        assert_eq!(
+            transports(node, id),
+            [
+                (format!("POST /ari/channels/{id}/answer"), over_socket),
+                ("POST /ari/bridges/conf/addChannel".to_string(), over_socket),
+            ],
+            "node {node}"
+        );
+    }
+    assert!(!socket_ready("b") && !socket_ready("c"));
+    // b was asked (and did not answer); c never was.
+    let probes = |node: &str| {
+        rig.node(node)
+            .request_log()
+            .iter()
+            .filter(|r| r.path == "/ari/asterisk/ping")
+            .count()
+    };
+    assert_eq!(probes("a"), 1);
+    assert_eq!(probes("c"), 0);
+
+    // A restarted node gets a new socket, probed again before requests use it.
+    let a = rig.node("a");
+    a.kill().await;
+    wait_for("node a down", || {
+        !rig.host.cluster.node("a").unwrap().is_up()
+    })
+    .await;
+    assert!(!socket_ready("a"), "no socket, no requests on it");
+    a.revive().await.unwrap();
+    rig.wait_connected().await;
+    wait_for("node a takes requests on its new socket", || {
+        socket_ready("a")
+    })
+    .await;
+    let again = rig.call("a", "Bob", "8000");
+    wait_for("bridged after the restart", || {
+        in_bridge(&a, &again, "conf")
+    })
+    .await;
+    assert!(
+        transports("a", &again).iter().all(|(_, socket)| *socket),
+        "{:?}",
+        transports("a", &again)
+    );
     rig.stop().await;
 }

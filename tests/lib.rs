@@ -181,8 +181,9 @@ pub async fn wait_for(what: &str, mut ready: impl FnMut() -> bool) {
     }
 }
 
-/// The requests `node` received, as `"METHOD /path?query"`, without the host's own
-/// housekeeping (identification, the event websocket or AMQP registrations, event filters,
+/// The requests `node` received (over HTTP or on an event websocket), as
+/// `"METHOD /path?query"`, without the host's own housekeeping (identification, the event
+/// websocket or its probe, AMQP registrations, event filters,
 /// and the channel listing it reconciles with whenever it (re)connects).
 pub fn app_requests(node: &NodeHandle) -> Vec<String> {
     node.request_log()
@@ -192,6 +193,8 @@ pub fn app_requests(node: &NodeHandle) -> Vec<String> {
                 || r.path.ends_with("/events")
                 || r.path.starts_with("/ari/amqp/")
                 || r.path.ends_with("/eventFilter")
+                // The probe of a new event socket (does the node take requests there?).
+                || (r.over_websocket && r.path == "/ari/asterisk/ping")
                 || (r.method == "GET" && r.path == "/ari/channels" && r.query.is_empty());
             !housekeeping
         })

@@ -1,9 +1,11 @@
-//! The HTTP side of one node: ARI REST requests over a keep-alive connection pool.
+//! ARI REST requests to one node: over its event websocket when it takes them there
+//! (`rest_socket`), else over a keep-alive HTTP connection pool.
 //!
 //! One client per node, so a slow or dead node only exhausts its own pool. Every failure is
 //! classified into [`AriError`] here, once: transport problems become `unavailable` or
 //! `timeout`, HTTP statuses map as Asterisk uses them (see `AriError::from_status`).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -15,6 +17,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::backend::AriError;
+use crate::rest_socket::{RestSocket, Undelivered};
 
 /// A response from a node, status and body as sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,6 +46,7 @@ pub struct AriClient {
     auth: HeaderValue,
     timeout: Duration,
     node: String,
+    socket: Arc<RestSocket>,
 }
 
 impl AriClient {
@@ -69,6 +73,7 @@ impl AriClient {
             auth,
             timeout: request_timeout,
             node: node.to_string(),
+            socket: Arc::default(),
         }
     }
 
@@ -83,8 +88,16 @@ impl AriClient {
         &self.auth
     }
 
+    /// The REST side of the node's event websocket, which intake attaches sockets to.
+    pub fn socket(&self) -> &Arc<RestSocket> {
+        &self.socket
+    }
+
     /// Sends one request; `path` is relative to `/ari` and starts with `/`. Returns the
     /// response for any status; only transport failures are errors.
+    ///
+    /// Over the node's event websocket when it answers requests there (see `rest_socket`),
+    /// else over HTTP.
     pub async fn send(
         &self,
         method: Method,
@@ -93,6 +106,25 @@ impl AriClient {
         body: Option<serde_json::Value>,
     ) -> Result<AriResponse, AriError> {
         let what = || format!("{method} {path} on node {}", self.node);
+        if let Some(reply) = self
+            .socket
+            .send(method.as_str(), path, query, body.as_ref())
+        {
+            match tokio::time::timeout(self.timeout, reply.get()).await {
+                Ok(Ok(response)) => return Ok(response),
+                Ok(Err(Undelivered::Lost)) => {
+                    return Err(AriError::Unavailable(format!(
+                        "{}: the node's websocket closed before it answered",
+                        what()
+                    )));
+                }
+                // Never reached the node: HTTP below.
+                Ok(Err(Undelivered::NotSent)) => {}
+                Err(_) => {
+                    return Err(AriError::Timeout(format!("{}: no answer in time", what())));
+                }
+            }
+        }
         // Ids and names from apps may hold characters a URI path cannot (spaces, quotes,
         // non-ASCII): percent-encode those, as a URL parser would; `%` and `/` pass as they are.
         let mut uri = format!(

@@ -57,10 +57,24 @@ pub struct NodeConfig {
     pub trunk: String,
     #[serde(default)]
     pub intake: Intake,
+    #[serde(default)]
+    pub rest: RestTransport,
 }
 
 fn default_trunk() -> String {
     "PJSIP/{exten}@trunk-{node}".to_string()
+}
+
+/// How the host sends ARI requests to a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum RestTransport {
+    /// Over the node's event websocket once the node answers a request there (Asterisk
+    /// 22.4, 21.9, 20.14 and later), over HTTP until then and for nodes that never do.
+    #[default]
+    Auto,
+    /// Always over HTTP.
+    Http,
 }
 
 /// What the host does with a call whose app faulted (trap, deadline, memory).

@@ -40,11 +40,12 @@ impl RequestTail {
         for (node, seen) in &mut self.nodes {
             let log = node.request_log();
             for r in log.iter().skip(*seen) {
-                // The host's own housekeeping (identify, websocket, event filters) is not the
-                // app's doing.
+                // The host's own housekeeping (identify, websocket and its probe, event
+                // filters) is not the app's doing.
                 if r.path.ends_with("/asterisk/info")
                     || r.path.ends_with("/events")
                     || r.path.ends_with("/eventFilter")
+                    || (r.over_websocket && r.path.ends_with("/asterisk/ping"))
                 {
                     continue;
                 }
@@ -54,8 +55,9 @@ impl RequestTail {
                     format!("?{}", r.query)
                 };
                 println!(
-                    "      host → node {}: {} {}{} → {}",
+                    "      host → node {} ({}): {} {}{} → {}",
                     node.name(),
+                    if r.over_websocket { "ws" } else { "http" },
                     r.method,
                     r.path,
                     query,

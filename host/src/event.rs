@@ -11,6 +11,8 @@ use std::sync::Arc;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use crate::rest_socket::RestResponse;
+
 /// Why an event could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum EventError {
@@ -117,6 +119,17 @@ pub const HOST_EVENTS: &[&str] = &[
     "PlaybackFinished",
     "ApplicationReplaced",
 ];
+
+/// The message type of an answer to a request sent on the event websocket. Like an event,
+/// it passes the node's event filter of the socket's first app, so `node_filter` allows it.
+pub const REST_RESPONSE: &str = "RESTResponse";
+
+/// What a node writes on its event websocket.
+#[derive(Debug)]
+pub enum Incoming {
+    Event(Box<Event>),
+    RestResponse(RestResponse),
+}
 
 /// The kinds of event the host acts on; everything else is [`Kind::Other`].
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,9 +264,28 @@ impl Event {
         Ok(event)
     }
 
-    /// Parses one websocket message (or AMQP `data` object).
+    /// Parses one event (a websocket message or an AMQP `data` object).
     pub fn parse(text: &str) -> Result<Event, EventError> {
         let wire: Wire = serde_json::from_str(text).map_err(EventError::NotJson)?;
+        Event::from_wire(wire, text)
+    }
+
+    /// Parses what a node writes on its event websocket: an event, or the answer to a
+    /// request sent on the socket (`rest_socket`).
+    pub fn parse_incoming(text: &str) -> Result<Incoming, EventError> {
+        let wire: Wire = serde_json::from_str(text).map_err(EventError::NotJson)?;
+        if wire.kind.as_deref() == Some(REST_RESPONSE) {
+            return RestResponse::parse(text)
+                .map(Incoming::RestResponse)
+                .map_err(|source| EventError::Malformed {
+                    kind: REST_RESPONSE.into(),
+                    source,
+                });
+        }
+        Event::from_wire(wire, text).map(|e| Incoming::Event(Box::new(e)))
+    }
+
+    fn from_wire(wire: Wire, text: &str) -> Result<Event, EventError> {
         let kind_name = wire.kind.ok_or(EventError::NoType)?;
         let malformed = |source| EventError::Malformed {
             kind: kind_name.clone(),

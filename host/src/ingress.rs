@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -25,7 +26,9 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
 use crate::cluster::{Cluster, Health, IdentifyError, Node};
-use crate::event::{Event, Receipt};
+use crate::config::RestTransport;
+use crate::event::{Event, Incoming, Receipt};
+use crate::rest_socket::{Outgoing, RestSocket};
 
 /// What intake tells dispatch, per node, in order.
 #[derive(Debug)]
@@ -158,9 +161,136 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
     // a few hundred bytes each, so its 128 KiB default cost more in memset than in parsing.
     // The buffer still grows for larger messages.
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
+    // No Nagle: requests go out on this socket too, each a small frame that must not wait
+    // for the node's delayed ACK.
     let (socket, _) =
-        tokio_tungstenite::connect_async_with_config(request, Some(config), false).await?;
+        tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
     Ok(socket)
+}
+
+/// One open event socket: read here, written by its writer task (see [`writer`]), which
+/// requests sent over the socket reach through the node's [`RestSocket`].
+struct Connection {
+    stream: SplitStream<Socket>,
+    out: mpsc::UnboundedSender<Outgoing>,
+    generation: u64,
+}
+
+impl Connection {
+    fn start(node: &Arc<Node>, socket: Socket) -> Connection {
+        let (sink, stream) = socket.split();
+        let (out, rx) = mpsc::unbounded_channel();
+        let rest = node.client.socket().clone();
+        let generation = rest.attach(out.clone());
+        tokio::spawn(writer(sink, rx, rest));
+        if node.config.rest == RestTransport::Auto {
+            tokio::spawn(probe(node.clone(), generation, out.clone()));
+        }
+        Connection {
+            stream,
+            out,
+            generation,
+        }
+    }
+
+    /// Closes the socket; requests written on it and not answered are lost.
+    fn close(self, node: &Node) {
+        let _ = self.out.send(Outgoing::Close);
+        node.client.socket().detach(self.generation);
+    }
+}
+
+/// Writes a socket's frames in order, each batch of queued frames in one flush. A request
+/// still queued when the socket fails was never sent, and is told so (it goes over HTTP).
+async fn writer(
+    mut sink: SplitSink<Socket, Message>,
+    mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    rest: Arc<RestSocket>,
+) {
+    'socket: while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(out) = next.take() {
+            let message = match out {
+                Outgoing::Request { text, .. } => Message::text(text),
+                Outgoing::Ping => Message::Ping(Vec::new().into()),
+                Outgoing::Close => {
+                    let _ = sink.send(Message::Close(None)).await;
+                    break 'socket;
+                }
+            };
+            if sink.feed(message).await.is_err() {
+                break 'socket;
+            }
+            next = rx.try_recv().ok();
+        }
+        if sink.flush().await.is_err() {
+            break;
+        }
+    }
+    rx.close();
+    while let Ok(out) = rx.try_recv() {
+        if let Outgoing::Request { id, .. } = out {
+            rest.not_sent(id);
+        }
+    }
+}
+
+/// How long the node has to answer the probe on a new socket.
+const PROBE_WAIT: Duration = Duration::from_secs(2);
+/// Longest pause between probes of a socket that has not answered.
+const PROBE_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Asks the node, on socket `generation`, whether it takes requests there; until it answers,
+/// requests use HTTP. Asked again with backoff while the socket lasts: an event filter left
+/// by an earlier client can hide the answer until `node_filter` sets the host's own.
+async fn probe(node: Arc<Node>, generation: u64, out: mpsc::UnboundedSender<Outgoing>) {
+    let rest = node.client.socket().clone();
+    let mut pause = Duration::from_secs(1);
+    let mut told = false;
+    loop {
+        if rest.probe(generation, PROBE_WAIT).await {
+            info!(node = %node.name, "ARI requests go over the event websocket");
+            return;
+        }
+        if !told {
+            info!(
+                node = %node.name,
+                "node does not answer requests on its event websocket (Asterisk before 22.4, 21.9 or 20.14?): using HTTP, asking again later"
+            );
+            told = true;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(pause) => {}
+            _ = out.closed() => return,
+        }
+        pause = (pause * 2).min(PROBE_RETRY_MAX);
+    }
+}
+
+/// Handles one text message: an event goes to dispatch, an answer to its request. Returns
+/// false once dispatch is gone.
+async fn incoming(node: &Arc<Node>, text: &str, tx: &mpsc::Sender<Intake>) -> bool {
+    match Event::parse_incoming(text) {
+        Ok(Incoming::Event(event)) => tx
+            .send(Intake::Event {
+                node: node.clone(),
+                event,
+                receipt: None,
+            })
+            .await
+            .is_ok(),
+        Ok(Incoming::RestResponse(response)) => {
+            if !node.client.socket().answer(response) {
+                debug!(node = %node.name, "answer to a request no longer waited for");
+            }
+            true
+        }
+        Err(e) => {
+            let sample: String = text.chars().take(200).collect();
+            warn!(node = %node.name, error = %e, event = %sample, "skipping malformed event");
+            true
+        }
+    }
 }
 
 /// Reads one socket until it fails; swaps sockets when the app set changes. Returns why the
@@ -168,83 +298,77 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
 async fn pump(
     node: &Arc<Node>,
     cluster: &Cluster,
-    mut socket: Socket,
+    socket: Socket,
     apps: &mut watch::Receiver<Vec<String>>,
     tx: &mpsc::Sender<Intake>,
 ) -> String {
+    let mut conn = Connection::start(node, socket);
     let mut ping = tokio::time::interval(PING_INTERVAL);
     ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
     let mut last_heard = Instant::now();
-    loop {
+    let reason = loop {
         tokio::select! {
-            message = socket.next() => {
+            message = conn.stream.next() => {
                 last_heard = Instant::now();
                 match message {
-                    Some(Ok(Message::Text(text))) => match Event::parse(text.as_str()) {
-                        Ok(event) => {
-                            if tx.send(Intake::Event { node: node.clone(), event: Box::new(event), receipt: None }).await.is_err() {
-                                return "host shutting down".into();
-                            }
+                    Some(Ok(Message::Text(text))) => {
+                        if !incoming(node, text.as_str(), tx).await {
+                            break "host shutting down".to_string();
                         }
-                        Err(e) => {
-                            let sample: String = text.as_str().chars().take(200).collect();
-                            warn!(node = %node.name, error = %e, event = %sample, "skipping malformed event");
-                        }
-                    },
-                    Some(Ok(Message::Close(frame))) => return format!("closed by node ({frame:?})"),
+                    }
+                    Some(Ok(Message::Close(frame))) => break format!("closed by node ({frame:?})"),
                     Some(Ok(_)) => {} // pings, pongs, binary: nothing to dispatch
-                    Some(Err(e)) => return e.to_string(),
-                    None => return "connection closed".into(),
+                    Some(Err(e)) => break e.to_string(),
+                    None => break "connection closed".into(),
                 }
             }
             _ = ping.tick() => {
                 if last_heard.elapsed() > PING_INTERVAL * 3 {
-                    return "node silent for three ping intervals".into();
+                    break "node silent for three ping intervals".into();
                 }
-                if let Err(e) = socket.send(Message::Ping(Vec::new().into())).await {
-                    return e.to_string();
+                if conn.out.send(Outgoing::Ping).is_err() {
+                    break "cannot write to the node".into();
                 }
             }
             changed = apps.changed() => {
                 if changed.is_err() {
-                    return "host shutting down".into();
+                    break "host shutting down".into();
                 }
                 let names = apps.borrow_and_update().clone();
                 if names.is_empty() {
-                    let _ = socket.close(None).await;
-                    return "no apps left".into();
+                    break "no apps left".into();
                 }
                 // Make before break: the new socket takes the apps, then the old one goes.
                 match connect(node, cluster, &names).await {
                     Ok(new) => {
                         info!(node = %node.name, apps = ?names, "event connection moved to the new app set");
-                        let mut old = std::mem::replace(&mut socket, new);
-                        drain_then_close(node, &mut old, tx).await;
+                        let old = std::mem::replace(&mut conn, Connection::start(node, new));
+                        drain_then_close(node, old, tx).await;
                     }
-                    Err(e) => return format!("cannot subscribe to the new app set: {e}"),
+                    Err(e) => break format!("cannot subscribe to the new app set: {e}"),
                 }
             }
         }
-    }
+    };
+    conn.close(node);
+    reason
 }
 
 /// Forwards what the old socket still had buffered, then closes it.
-async fn drain_then_close(node: &Arc<Node>, old: &mut Socket, tx: &mpsc::Sender<Intake>) {
+async fn drain_then_close(node: &Arc<Node>, mut old: Connection, tx: &mpsc::Sender<Intake>) {
     while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_millis(50), old.next()).await
+        tokio::time::timeout(Duration::from_millis(50), old.stream.next()).await
     {
-        if let Message::Text(text) = message
-            && let Ok(event) = Event::parse(text.as_str())
-            && !matches!(event.kind, crate::event::Kind::ApplicationReplaced)
-        {
-            let _ = tx
-                .send(Intake::Event {
-                    node: node.clone(),
-                    event: Box::new(event),
-                    receipt: None,
-                })
-                .await;
+        if let Message::Text(text) = message {
+            // The node told the old socket its apps moved; the new socket has them.
+            let replaced = matches!(
+                Event::parse(text.as_str()),
+                Ok(e) if matches!(e.kind, crate::event::Kind::ApplicationReplaced)
+            );
+            if !replaced {
+                incoming(node, text.as_str(), tx).await;
+            }
         }
     }
-    let _ = old.close(None).await;
+    old.close(node);
 }

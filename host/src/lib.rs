@@ -24,6 +24,7 @@ pub mod node_filter;
 pub mod ownership;
 pub mod recent;
 pub mod replicas;
+pub mod rest_socket;
 pub mod router;
 pub mod runtime;
 pub mod store;

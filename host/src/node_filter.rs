@@ -10,7 +10,7 @@
 //! CPU per call.
 //!
 //! The filter of an app name is an allowed list: the host's own kinds
-//! ([`HOST_EVENTS`]) plus every type declared by the app's versions in use (the active one
+//! ([`HOST_EVENTS`], and [`REST_RESPONSE`] for requests sent on the socket) plus every type declared by the app's versions in use (the active one
 //! and those with calls in progress). One version that wants every type, or whose
 //! declaration is not known yet (it is asked in the version's first call), leaves the app
 //! unfiltered: a hot swap widens the filter at activation and narrows it once the new
@@ -35,7 +35,7 @@ use tracing::{debug, info};
 use crate::catalog::Catalog;
 use crate::cluster::{Health, Node};
 use crate::conference::TRUNK_APP;
-use crate::event::HOST_EVENTS;
+use crate::event::{HOST_EVENTS, REST_RESPONSE};
 use crate::runtime::{App, EventInterest};
 
 /// How soon a filter the node refused (typically: the app is not registered there yet, the
@@ -57,7 +57,13 @@ pub enum NodeFilter {
 impl NodeFilter {
     /// The filter an app name needs for `versions` (see the module docs).
     pub fn for_versions(versions: &[Arc<App>]) -> NodeFilter {
-        let mut allowed: BTreeSet<String> = HOST_EVENTS.iter().map(|k| k.to_string()).collect();
+        // Answers to requests on the event socket pass the filter of its first app as events
+        // do: every filter lets them through.
+        let mut allowed: BTreeSet<String> = HOST_EVENTS
+            .iter()
+            .chain([&REST_RESPONSE])
+            .map(|k| k.to_string())
+            .collect();
         for version in versions {
             match version.event_interest() {
                 Some(EventInterest::Only(types)) => {
@@ -200,6 +206,7 @@ mod tests {
         };
         assert!(types.contains("StasisStart") && types.contains("ChannelLeftBridge"));
         assert!(!types.contains("ChannelVarset"));
+        assert!(types.contains("RESTResponse"), "answers on the socket pass");
         assert_eq!(
             trunk.body()["allowed"][0],
             json!({ "type": "ApplicationReplaced" })

@@ -107,6 +107,7 @@ impl Cluster {
                     playback_ms: cfg.playback_ms,
                     sound_ms: cfg.sound_ms.clone(),
                     wait_forever_ms: cfg.wait_forever_ms,
+                    rest_over_websocket: n.rest_over_websocket,
                     amqp: crate::amqp::Shared::new(n.name.as_str().into(), cfg.node_amqp(i)),
                 });
                 let inner = Arc::new(NodeInner::new(

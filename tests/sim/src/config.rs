@@ -123,6 +123,9 @@ pub struct NodeConfig {
     pub dialplan: Option<Dialplan>,
     /// AMQP settings for this node only (field by field over the cluster's `amqp`).
     pub amqp: Option<NodeAmqpConfig>,
+    /// Answers ARI requests written on its event websockets (`RESTRequest`, Asterisk 22.4,
+    /// 21.9, 20.14 and later). `false`: ignores them, as older Asterisk does.
+    pub rest_over_websocket: bool,
 }
 
 impl Default for NodeConfig {
@@ -134,6 +137,7 @@ impl Default for NodeConfig {
             port: 0,
             dialplan: None,
             amqp: None,
+            rest_over_websocket: true,
         }
     }
 }

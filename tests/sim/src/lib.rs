@@ -52,6 +52,7 @@ mod node;
 mod params;
 mod playback;
 mod rest;
+mod rest_ws;
 mod state;
 pub mod time;
 mod ws;

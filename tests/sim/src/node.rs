@@ -37,8 +37,10 @@ pub struct LoggedRequest {
     pub path: String,
     /// Raw query string (without `?`; empty if none).
     pub query: String,
-    /// HTTP status sent (101 for a websocket upgrade).
+    /// HTTP status sent (101 for a websocket upgrade); `status_code` of a `RESTResponse`.
     pub status: u16,
+    /// Sent as a `RESTRequest` on an event websocket rather than over HTTP.
+    pub over_websocket: bool,
 }
 
 /// An inbound call to inject on a node (as if a phone called it).
@@ -200,6 +202,11 @@ impl NodeInner {
         let router = crate::rest::router(self.clone());
         let (shutdown, rx) = oneshot::channel::<()>();
         let (kill, _) = watch::channel(false);
+        // Asterisk's HTTP server sets TCP_NODELAY on every connection (`httpd_helper_thread`):
+        // websocket frames and answers go out as written.
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let task = tokio::spawn(async move {
             let _ = axum::serve(listener, router)
                 .with_graceful_shutdown(async move {

@@ -38,6 +38,12 @@ impl Params {
         p
     }
 
+    /// Puts `pairs` before the parameters already parsed (they win: first occurrence).
+    pub(crate) fn prepend(&mut self, mut pairs: Vec<(String, String)>) {
+        pairs.append(&mut self.pairs);
+        self.pairs = pairs;
+    }
+
     /// First value of `name` (empty values count as missing, like Asterisk).
     pub(crate) fn get(&self, name: &str) -> Option<&str> {
         self.pairs

@@ -67,7 +67,7 @@ pub(crate) fn shutdown_response() -> Response {
 const AMQP_API_DOCS: &str = include_str!("api-docs-amqp.json");
 
 /// A successful ARI answer.
-enum Ok2 {
+pub(crate) enum Ok2 {
     Json(String),
     Created(String),
     NoContent,
@@ -120,6 +120,7 @@ async fn ari_handler(State(node): State<Arc<NodeInner>>, req: Request) -> Respon
         path,
         query: query.unwrap_or_default(),
         status: response.status().as_u16(),
+        over_websocket: false,
     });
     response
 }
@@ -161,7 +162,7 @@ fn json_entity(body: Option<&[u8]>) -> Result<Option<serde_json::Value>, AriErro
 
 /// `json_body`: the raw body if it was sent as `application/json` (only handlers that take a
 /// whole JSON entity look at it; the others read [`Params`]).
-fn handle(
+pub(crate) fn handle(
     node: &Arc<NodeInner>,
     method: &Method,
     path: &str,

@@ -38,6 +38,8 @@ pub(crate) struct NodeCfg {
     pub playback_ms: u64,
     pub sound_ms: std::collections::BTreeMap<String, u64>,
     pub wait_forever_ms: u64,
+    /// See [`crate::config::NodeConfig::rest_over_websocket`].
+    pub rest_over_websocket: bool,
     /// AMQP publishing of this node (config, counters, state), shared across its lives.
     pub amqp: Arc<crate::amqp::Shared>,
 }

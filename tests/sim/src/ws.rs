@@ -5,6 +5,8 @@
 //! whatever is queued into one flush. The task keeps its own sender so a *replaced* socket
 //! stays open (as on a real node) even though no app routes events to it any more. A node kill
 //! drops the socket without a close frame, so clients see 1006 like when Asterisk stops.
+//! Text the client writes is a `RESTRequest`, answered on the socket (`rest_ws.rs`), one at a
+//! time as Asterisk's reader thread does; a node configured as older Asterisk ignores it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -33,6 +35,7 @@ pub(crate) async fn events_handler(
             path: "/ari/events".into(),
             query: q.clone(),
             status,
+            over_websocket: false,
         })
     };
     if !node.alive.load(Ordering::Acquire) {
@@ -125,6 +128,15 @@ async fn run(
                             .await;
                         let _ = sink.close().await;
                         return;
+                    }
+                    Some(Ok(Message::Text(text))) if node.cfg.rest_over_websocket => {
+                        // Read and answered one at a time, like Asterisk's reader thread;
+                        // the answer goes out as an event of the socket's first app.
+                        if let Some(first) = apps.first()
+                            && let Some(answer) = crate::rest_ws::answer(&node, first, text.as_str())
+                        {
+                            let _ = conn.tx.send(answer);
+                        }
                     }
                     Some(Ok(_)) => {}
                 }

@@ -137,6 +137,27 @@ impl Ws {
         }
     }
 
+    /// Writes a text frame to the node (a `RESTRequest`, or anything else).
+    pub fn send_text(&self, text: &str) {
+        let _ = self.out.send(Message::text(text));
+    }
+
+    /// The `RESTResponse` with `request_id`, and its raw text (to check field order).
+    pub async fn wait_answer(&self, request_id: &str, timeout_ms: u64) -> Option<(Value, String)> {
+        let answer = self
+            .wait_for(0, timeout_ms, |e| {
+                e["type"] == "RESTResponse" && e["request_id"] == request_id
+            })
+            .await?;
+        let raw = self
+            .raw
+            .lock()
+            .iter()
+            .find(|r| serde_json::from_str::<Value>(r).ok().as_ref() == Some(&answer))
+            .cloned()?;
+        Some((answer, raw))
+    }
+
     pub fn close(&self) {
         use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
         let _ = self.out.send(Message::Close(Some(CloseFrame {
