@@ -701,8 +701,38 @@ async fn requests_go_on_the_event_websocket_where_the_node_takes_them_there_and_
             .filter(|r| r.path == "/ari/asterisk/ping")
             .count()
     };
-    assert_eq!(probes("a"), 1);
+    assert!(probes("a") >= 1);
     assert_eq!(probes("c"), 0);
+
+    // A new app set moves the node to a new socket without a hitch: the host identifies the
+    // node over HTTP meanwhile (the old socket's answers are not read then), and the node
+    // never goes down.
+    let mut health = rig.host.cluster.node("a").unwrap().watch_health();
+    health.borrow_and_update();
+    let moved = std::time::Instant::now();
+    stasis_e2e::load_plugin_cached(&rig.host, "late", "probe").await;
+    wait_for("node a has the new app", || {
+        rig.node("a").apps().contains(&"late".to_string())
+    })
+    .await;
+    assert!(
+        moved.elapsed() < std::time::Duration::from_secs(1),
+        "{:?}",
+        moved.elapsed()
+    );
+    assert!(!health.has_changed().unwrap(), "node a stayed up");
+    wait_for("node a takes requests on its new socket", || {
+        socket_ready("a")
+    })
+    .await;
+    assert!(
+        rig.node("a")
+            .request_log()
+            .iter()
+            .filter(|r| r.path == "/ari/asterisk/info")
+            .all(|r| !r.over_websocket),
+        "identification goes over HTTP"
+    );
 
     // A restarted node gets a new socket, probed again before requests use it.
     let a = rig.node("a");
@@ -728,5 +758,85 @@ async fn requests_go_on_the_event_websocket_where_the_node_takes_them_there_and_
         "{:?}",
         transports("a", &again)
     );
+
+    // A host that stops closes its sockets: the nodes drop its apps.
+    let Rig { sim, host } = rig;
+    host.shutdown();
+    wait_for("node a dropped the host's apps", || {
+        sim.node("a").apps().is_empty()
+    })
+    .await;
+    sim.shutdown().await;
+}
+
+/// Sets the event filter of `app` on `node` directly (as another ARI client could).
+async fn set_filter(rig: &Rig, node: &str, app: &str, allowed: &[&str]) {
+    let (user, pass) = rig.sim.credentials();
+    let allowed: Vec<serde_json::Value> = allowed
+        .iter()
+        .map(|t| serde_json::json!({ "type": t }))
+        .collect();
+    let status = reqwest::Client::new()
+        .put(format!(
+            "{}/applications/{app}/eventFilter",
+            rig.node(node).ari_url()
+        ))
+        .basic_auth(user, Some(pass))
+        .json(&serde_json::json!({ "allowed": allowed }))
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_hidden_by_an_event_filter_send_requests_back_to_http_until_they_pass_again() {
+    let rig = Rig::start(1, &[("conf", "conference")]).await;
+    let a = rig.node("a");
+    let client = rig.host.cluster.node("a").unwrap().client.clone();
+    wait_for("node a takes requests on its socket", || {
+        client.socket().is_ready()
+    })
+    .await;
+    let mut host_kinds: Vec<&str> = stasis_host::event::HOST_EVENTS.to_vec();
+
+    // Another client's filter on the app leaves answers out: they still arrive, since they
+    // come as events of the socket's first app, the host's own trunk app.
+    set_filter(&rig, "a", "conf", &host_kinds).await;
+    let first = rig.call("a", "Alice", "8000");
+    wait_for("bridged", || in_bridge(&a, &first, "conf")).await;
+    assert!(client.socket().is_ready());
+
+    // Hiding them on the trunk app too: the next request waits in vain, then requests go over
+    // HTTP while the node does not answer on the socket.
+    set_filter(&rig, "a", "stasis-trunk", &host_kinds).await;
+    let lost = client
+        .call(reqwest::Method::GET, "/asterisk/ping", &[], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(lost, AriError::Timeout(_)), "{lost:?}");
+    assert!(!client.socket().is_ready());
+    let second = rig.call("a", "Bob", "8000");
+    wait_for("bridged over HTTP", || in_bridge(&a, &second, "conf")).await;
+    let over = |id: &str| -> Vec<bool> {
+        a.request_log()
+            .iter()
+            .filter(|r| r.path.contains(id) || r.query.contains(id))
+            .map(|r| r.over_websocket)
+            .collect()
+    };
+    assert_eq!(over(&second), [false, false]);
+
+    // Once answers pass again, a probe finds it and requests return to the socket.
+    host_kinds.push("RESTResponse");
+    set_filter(&rig, "a", "stasis-trunk", &host_kinds).await;
+    wait_for("node a takes requests on its socket again", || {
+        client.socket().is_ready()
+    })
+    .await;
+    let third = rig.call("a", "Carol", "8000");
+    wait_for("bridged", || in_bridge(&a, &third, "conf")).await;
+    assert_eq!(over(&third), [true, true]);
     rig.stop().await;
 }

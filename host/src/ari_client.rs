@@ -88,6 +88,11 @@ impl AriClient {
         &self.auth
     }
 
+    /// How long a request may take.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// The REST side of the node's event websocket, which intake attaches sockets to.
     pub fn socket(&self) -> &Arc<RestSocket> {
         &self.socket
@@ -97,7 +102,8 @@ impl AriClient {
     /// response for any status; only transport failures are errors.
     ///
     /// Over the node's event websocket when it answers requests there (see `rest_socket`),
-    /// else over HTTP.
+    /// else over HTTP. One timeout covers both: a request the socket never got to write goes
+    /// over HTTP in the time left.
     pub async fn send(
         &self,
         method: Method,
@@ -105,12 +111,13 @@ impl AriClient {
         query: &[(String, String)],
         body: Option<serde_json::Value>,
     ) -> Result<AriResponse, AriError> {
-        let what = || format!("{method} {path} on node {}", self.node);
-        if let Some(reply) = self
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        if let Some(mut reply) = self
             .socket
             .send(method.as_str(), path, query, body.as_ref())
         {
-            match tokio::time::timeout(self.timeout, reply.get()).await {
+            let what = || format!("{method} {path} on node {}", self.node);
+            match tokio::time::timeout_at(deadline, reply.get()).await {
                 Ok(Ok(response)) => return Ok(response),
                 Ok(Err(Undelivered::Lost)) => {
                     return Err(AriError::Unavailable(format!(
@@ -118,15 +125,45 @@ impl AriClient {
                         what()
                     )));
                 }
-                // Never reached the node: HTTP below.
                 Ok(Err(Undelivered::NotSent)) => {}
                 Err(_) => {
+                    reply.timed_out();
                     return Err(AriError::Timeout(format!("{}: no answer in time", what())));
                 }
             }
         }
+        self.send_http_until(deadline, method, path, query, body)
+            .await
+    }
+
+    /// Sends one request over HTTP, never on the event websocket: for what the node's
+    /// intake task itself waits on (identifying the node), since that task is the one that
+    /// reads the socket's answers.
+    pub async fn call_http(
+        &self,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<AriResponse, AriError> {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let response = self
+            .send_http_until(deadline, method, path, query, body)
+            .await?;
+        check_status(response)
+    }
+
+    async fn send_http_until(
+        &self,
+        deadline: tokio::time::Instant,
+        method: Method,
+        path: &str,
+        query: &[(String, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<AriResponse, AriError> {
+        let what = || format!("{method} {path} on node {}", self.node);
         // Ids and names from apps may hold characters a URI path cannot (spaces, quotes,
-        // non-ASCII): percent-encode those, as a URL parser would; `%` and `/` pass as they are.
+        // non-ASCII): percent-encode those, as a URL parser would; `%` and `/` pass as they are, `+` is escaped since Asterisk reads it as a space.
         let mut uri = format!(
             "{}{}",
             self.base,
@@ -173,7 +210,7 @@ impl AriClient {
             };
             Ok(AriResponse { status, body })
         };
-        tokio::time::timeout(self.timeout, exchange)
+        tokio::time::timeout_at(deadline, exchange)
             .await
             .map_err(|_| AriError::Timeout(format!("{}: no answer in time", what())))?
     }
@@ -187,15 +224,19 @@ impl AriClient {
         query: &[(String, String)],
         body: Option<serde_json::Value>,
     ) -> Result<AriResponse, AriError> {
-        let response = self.send(method, path, query, body).await?;
-        if StatusCode::from_u16(response.status).is_ok_and(|s| s.is_success()) {
-            Ok(response)
-        } else {
-            Err(AriError::from_status(
-                response.status,
-                error_message(&response),
-            ))
-        }
+        check_status(self.send(method, path, query, body).await?)
+    }
+}
+
+/// A non-2xx status as a typed error carrying Asterisk's message.
+fn check_status(response: AriResponse) -> Result<AriResponse, AriError> {
+    if StatusCode::from_u16(response.status).is_ok_and(|s| s.is_success()) {
+        Ok(response)
+    } else {
+        Err(AriError::from_status(
+            response.status,
+            error_message(&response),
+        ))
     }
 }
 
@@ -217,6 +258,8 @@ pub(crate) fn pooled_http(connect_timeout: Duration) -> Client<HttpConnector, Fu
 const PATH: &percent_encoding::AsciiSet = &percent_encoding::CONTROLS
     .add(b' ')
     .add(b'"')
+    // Asterisk's HTTP server decodes `+` in a path as a space (`ast_uri_http_legacy`).
+    .add(b'+')
     .add(b'#')
     .add(b'<')
     .add(b'>')

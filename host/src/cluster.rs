@@ -136,9 +136,11 @@ impl Cluster {
     /// Asks `node` who it is (`GET /asterisk/info`) and claims its entity id. Returns its
     /// start-up time, which changes when the node restarts.
     pub async fn identify(&self, node: &Node) -> Result<String, IdentifyError> {
+        // Over HTTP: intake identifies a node while it is not reading the node's event socket
+        // (opening the next one), so an answer on the socket would never be read.
         let info = node
             .client
-            .call(
+            .call_http(
                 reqwest::Method::GET,
                 "/asterisk/info",
                 &[("only".into(), "system,status".into())],

@@ -306,7 +306,7 @@ impl Dispatch {
                     call.app.grant_bridge(&bridge.id);
                     call.deliver_other(
                         &event.kind_name,
-                        || bridge_event(&event, bridge, &self.conferences),
+                        || bridge_event(&event, &self.conferences),
                         channel.as_ref().map(snapshot),
                         receipt.take(),
                     );
@@ -343,11 +343,11 @@ impl Dispatch {
                     "another ARI client took app {} on node {}: its events no longer reach this host",
                     event.application, node.name);
             }
-            Kind::ChannelLeftBridge { channel, bridge } => {
+            Kind::ChannelLeftBridge { channel, .. } => {
                 if let Some(call) = self.calls.get(&channel.id) {
                     call.deliver_other(
                         &event.kind_name,
-                        || bridge_event(&event, bridge, &self.conferences),
+                        || bridge_event(&event, &self.conferences),
                         Some(snapshot(channel)),
                         receipt.take(),
                     );
@@ -719,8 +719,8 @@ fn other(event: &Event) -> CallEvent {
 }
 
 /// A bridge event for an app, with the trunk legs taken out of the bridge's channel list.
-fn bridge_event(event: &Event, bridge: &event::Bridge, conferences: &Conferences) -> CallEvent {
-    match conferences.hide_legs(&event.raw, &bridge.channels) {
+fn bridge_event(event: &Event, conferences: &Conferences) -> CallEvent {
+    match conferences.hide_legs(&event.raw) {
         Some(json) => CallEvent::Other {
             kind: event.kind_name.clone(),
             json: json.into(),

@@ -82,12 +82,12 @@ pub struct Channel {
     pub dialplan: Dialplan,
 }
 
-/// A bridge as events carry it (`Bridge`).
+/// A bridge as events carry it (`Bridge`). Its `channels` list is not parsed: it grows with
+/// the bridge (every member's id, on every join and leave) and only an app that asked for
+/// bridge events reads it, from the event's JSON (`Conferences::hide_legs`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 pub struct Bridge {
     pub id: String,
-    #[serde(default)]
-    pub channels: Vec<String>,
     /// Tells two bridges with the same id apart (one deleted, one made again).
     #[serde(default)]
     pub creationtime: String,

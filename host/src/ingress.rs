@@ -17,7 +17,7 @@ use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -147,11 +147,14 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
     let ws_base = base
         .replacen("https://", "wss://", 1)
         .replacen("http://", "ws://", 1);
-    // The host's own trunk-leg app rides on the same socket as the apps.
+    // The host's own trunk-leg app rides on the same socket as the apps, first: Asterisk
+    // sends the answers to requests on the socket as events of its first app, through that
+    // app's event filter, and only the trunk app's filter is always the host's own (a facade
+    // client may set filters on its app names).
     let url = format!(
         "{ws_base}/events?app={},{}",
-        apps.join(","),
-        crate::conference::TRUNK_APP
+        crate::conference::TRUNK_APP,
+        apps.join(",")
     );
     let mut request = url.into_client_request()?;
     request
@@ -169,61 +172,91 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
 }
 
 /// One open event socket: read here, written by its writer task (see [`writer`]), which
-/// requests sent over the socket reach through the node's [`RestSocket`].
+/// requests sent over the socket reach through the node's [`RestSocket`]. Dropping it (the
+/// connection ended, a newer socket took over, the host stopped) closes the socket.
 struct Connection {
     stream: SplitStream<Socket>,
     out: mpsc::UnboundedSender<Outgoing>,
     generation: u64,
+    rest: Arc<RestSocket>,
+    close: Option<oneshot::Sender<()>>,
 }
 
 impl Connection {
     fn start(node: &Arc<Node>, socket: Socket) -> Connection {
         let (sink, stream) = socket.split();
         let (out, rx) = mpsc::unbounded_channel();
+        let (close, closed) = oneshot::channel();
         let rest = node.client.socket().clone();
-        let generation = rest.attach(out.clone());
-        tokio::spawn(writer(sink, rx, rest));
+        let (generation, suspect) = rest.attach(out.clone());
+        tokio::spawn(writer(sink, rx, closed, rest.clone()));
         if node.config.rest == RestTransport::Auto {
-            tokio::spawn(probe(node.clone(), generation, out.clone()));
+            tokio::spawn(probe(node.clone(), generation, suspect, out.clone()));
         }
         Connection {
             stream,
             out,
             generation,
+            rest,
+            close: Some(close),
         }
-    }
-
-    /// Closes the socket; requests written on it and not answered are lost.
-    fn close(self, node: &Node) {
-        let _ = self.out.send(Outgoing::Close);
-        node.client.socket().detach(self.generation);
     }
 }
 
-/// Writes a socket's frames in order, each batch of queued frames in one flush. A request
-/// still queued when the socket fails was never sent, and is told so (it goes over HTTP).
+impl Drop for Connection {
+    fn drop(&mut self) {
+        // No new request goes to this socket; those written on it and not answered are lost,
+        // those still queued are handed back unsent by the writer, which then closes.
+        self.rest.detach(self.generation);
+        if let Some(close) = self.close.take() {
+            let _ = close.send(());
+        }
+    }
+}
+
+/// How long one write to a node may take before the socket counts as dead (a partition
+/// leaves TCP retrying for minutes).
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Writes a socket's frames in order, each batch of queued frames in one flush, until the
+/// socket fails or its [`Connection`] is dropped. A request still queued then was never
+/// sent, and is told so (it goes over HTTP).
 async fn writer(
     mut sink: SplitSink<Socket, Message>,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
+    mut closed: oneshot::Receiver<()>,
     rest: Arc<RestSocket>,
 ) {
-    'socket: while let Some(first) = rx.recv().await {
+    let mut open = true;
+    'socket: while open {
+        let first = tokio::select! {
+            biased;
+            _ = &mut closed => {
+                open = false;
+                continue 'socket;
+            }
+            first = rx.recv() => first,
+        };
+        let Some(first) = first else { break };
         let mut next = Some(first);
         while let Some(out) = next.take() {
-            let message = match out {
-                Outgoing::Request { text, .. } => Message::text(text),
-                Outgoing::Ping => Message::Ping(Vec::new().into()),
-                Outgoing::Close => {
-                    let _ = sink.send(Message::Close(None)).await;
-                    break 'socket;
-                }
+            let (message, id) = match out {
+                Outgoing::Request { id, text } => (Message::text(text), Some(id)),
+                Outgoing::Ping => (Message::Ping(Vec::new().into()), None),
             };
-            if sink.feed(message).await.is_err() {
+            if !write(&mut sink, Some(message)).await {
+                if let Some(id) = id {
+                    // Perhaps partly written: the node may act on it.
+                    rest.written(id);
+                }
                 break 'socket;
+            }
+            if let Some(id) = id {
+                rest.written(id);
             }
             next = rx.try_recv().ok();
         }
-        if sink.flush().await.is_err() {
+        if !write(&mut sink, None).await {
             break;
         }
     }
@@ -233,6 +266,18 @@ async fn writer(
             rest.not_sent(id);
         }
     }
+    let _ = tokio::time::timeout(WRITE_TIMEOUT, sink.send(Message::Close(None))).await;
+}
+
+/// Feeds one frame (`None`: flushes); false when the socket failed or stalled.
+async fn write(sink: &mut SplitSink<Socket, Message>, message: Option<Message>) -> bool {
+    let done = async {
+        match message {
+            Some(m) => sink.feed(m).await,
+            None => sink.flush().await,
+        }
+    };
+    matches!(tokio::time::timeout(WRITE_TIMEOUT, done).await, Ok(Ok(())))
 }
 
 /// How long the node has to answer the probe on a new socket.
@@ -242,28 +287,45 @@ const PROBE_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Asks the node, on socket `generation`, whether it takes requests there; until it answers,
 /// requests use HTTP. Asked again with backoff while the socket lasts: an event filter left
-/// by an earlier client can hide the answer until `node_filter` sets the host's own.
-async fn probe(node: Arc<Node>, generation: u64, out: mpsc::UnboundedSender<Outgoing>) {
+/// by an earlier client can hide the answer until `node_filter` sets the host's own. Once
+/// it answers, asked again whenever a request on the socket goes unanswered (`suspect`).
+async fn probe(
+    node: Arc<Node>,
+    generation: u64,
+    suspect: Arc<Notify>,
+    out: mpsc::UnboundedSender<Outgoing>,
+) {
     let rest = node.client.socket().clone();
-    let mut pause = Duration::from_secs(1);
     let mut told = false;
     loop {
-        if rest.probe(generation, PROBE_WAIT).await {
-            info!(node = %node.name, "ARI requests go over the event websocket");
-            return;
-        }
-        if !told {
-            info!(
-                node = %node.name,
-                "node does not answer requests on its event websocket (Asterisk before 22.4, 21.9 or 20.14?): using HTTP, asking again later"
-            );
-            told = true;
+        let mut pause = Duration::from_secs(1);
+        loop {
+            if rest.probe(generation, PROBE_WAIT).await {
+                info!(node = %node.name, "ARI requests go over the event websocket");
+                break;
+            }
+            if !rest.is_current(generation) {
+                return; // a newer socket took over
+            }
+            if !told {
+                info!(
+                    node = %node.name,
+                    "node does not answer requests on its event websocket (Asterisk before 22.4, 21.9 or 20.14, or an event filter without RESTResponse): using HTTP, asking again later"
+                );
+                told = true;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = out.closed() => return,
+            }
+            pause = (pause * 2).min(PROBE_RETRY_MAX);
         }
         tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
+            _ = suspect.notified() => {
+                warn!(node = %node.name, "a request on the event websocket went unanswered: using HTTP until the node answers there again");
+            }
             _ = out.closed() => return,
         }
-        pause = (pause * 2).min(PROBE_RETRY_MAX);
     }
 }
 
@@ -350,15 +412,25 @@ async fn pump(
             }
         }
     };
-    conn.close(node);
+    drop(conn);
     reason
 }
 
-/// Forwards what the old socket still had buffered, then closes it.
+/// Forwards what the old socket still had buffered (events, and answers to requests still
+/// waited for, which the node sends on the socket that carried them), then closes it.
 async fn drain_then_close(node: &Arc<Node>, mut old: Connection, tx: &mpsc::Sender<Intake>) {
-    while let Ok(Some(Ok(message))) =
-        tokio::time::timeout(Duration::from_millis(50), old.stream.next()).await
-    {
+    let deadline = Instant::now() + node.client.timeout();
+    loop {
+        let quiet = Duration::from_millis(50);
+        let message = match tokio::time::timeout(quiet, old.stream.next()).await {
+            Ok(Some(Ok(message))) => message,
+            Ok(_) => break, // the socket ended
+            // Quiet: done, unless requests on it still wait for their answers.
+            Err(_) if old.rest.waiting_on(old.generation) && Instant::now() < deadline => {
+                continue;
+            }
+            Err(_) => break,
+        };
         if let Message::Text(text) = message {
             // The node told the old socket its apps moved; the new socket has them.
             let replaced = matches!(
@@ -370,5 +442,4 @@ async fn drain_then_close(node: &Arc<Node>, mut old: Connection, tx: &mpsc::Send
             }
         }
     }
-    old.close(node);
 }

@@ -375,9 +375,8 @@ impl Sharing {
             self.routes.lock().remove(id);
             self.ended.lock().insert(id.clone());
         }
-        if let Kind::ChannelEnteredBridge { bridge, .. } | Kind::ChannelLeftBridge { bridge, .. } =
-            &event.kind
-            && let Some(json) = self.conferences.hide_legs(&event.raw, &bridge.channels)
+        if let Kind::ChannelEnteredBridge { .. } | Kind::ChannelLeftBridge { .. } = &event.kind
+            && let Some(json) = self.conferences.hide_legs(&event.raw)
         {
             event.raw = json.into();
         }

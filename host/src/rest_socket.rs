@@ -12,8 +12,11 @@
 //! answers the probe does [`crate::ari_client::AriClient`] send requests this way; a node
 //! that never answers (Asterisk before the versions above, which ignores what clients write
 //! on the socket) keeps getting HTTP, and the probe is retried with backoff while the socket
-//! lasts. A request the socket never got to write falls back to HTTP; one written but not
-//! answered before the socket dropped is `unavailable`, as a reset HTTP connection is.
+//! lasts. A request the socket never got to write falls back to HTTP (in the time left of
+//! its timeout); one written but not answered before the socket dropped is `unavailable`, as
+//! a reset HTTP connection is. A request that gets no answer in time sends the node's
+//! requests back to HTTP until the socket answers a probe again: the node may be slow, or an
+//! event filter may hide its answers (they pass the filter of the socket's first app).
 //!
 //! Asterisk reads a socket's requests one at a time, in its reader thread: requests on one
 //! node are serialised (events are not; Stasis threads write those). Paths that the socket
@@ -38,8 +41,6 @@ pub enum Outgoing {
     Request { id: u64, text: String },
     /// A websocket ping.
     Ping,
-    /// A close frame; the writer ends after it.
-    Close,
 }
 
 /// Why a request sent over the socket got no answer.
@@ -53,6 +54,16 @@ pub enum Undelivered {
 
 type ReplyTx = oneshot::Sender<Result<AriResponse, Undelivered>>;
 
+/// A request waiting for its answer.
+#[derive(Debug)]
+struct Pending {
+    /// The socket it was queued on.
+    generation: u64,
+    /// Handed to the socket by its writer: from then on the node may act on it.
+    written: bool,
+    reply: ReplyTx,
+}
+
 /// One socket's queue to its writer.
 #[derive(Debug)]
 struct Lane {
@@ -60,13 +71,15 @@ struct Lane {
     tx: mpsc::UnboundedSender<Outgoing>,
     /// The node answered the probe on this socket.
     ready: bool,
+    /// Wakes the socket's prober when a request went unanswered (see [`RestSocket::suspect`]).
+    suspect: Arc<tokio::sync::Notify>,
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     lane: Option<Lane>,
-    /// Requests written or queued, by `request_id`, with the socket generation they went to.
-    pending: HashMap<u64, (u64, ReplyTx)>,
+    /// Requests queued or written, by `request_id`.
+    pending: HashMap<u64, Pending>,
 }
 
 /// The REST side of one node's event websocket; shared by the node's ARI client (which sends)
@@ -84,12 +97,18 @@ pub struct RestSocket {
 pub struct Reply {
     socket: Arc<RestSocket>,
     id: u64,
+    generation: u64,
     rx: oneshot::Receiver<Result<AriResponse, Undelivered>>,
 }
 
 impl Reply {
-    pub async fn get(mut self) -> Result<AriResponse, Undelivered> {
+    pub async fn get(&mut self) -> Result<AriResponse, Undelivered> {
         (&mut self.rx).await.unwrap_or(Err(Undelivered::Lost))
+    }
+
+    /// The request got no answer in time: the socket is suspect (see [`RestSocket::suspect`]).
+    pub fn timed_out(&self) {
+        self.socket.suspect(self.generation);
     }
 }
 
@@ -162,7 +181,7 @@ impl RestSocket {
         query: &[(String, String)],
         body: Option<&serde_json::Value>,
     ) -> Option<Reply> {
-        if !Self::carries(path) {
+        if !Self::carries(path) || !self.is_ready() {
             return None;
         }
         self.enqueue(None, method, path, query, body)
@@ -179,9 +198,12 @@ impl RestSocket {
         body: Option<&serde_json::Value>,
     ) -> Option<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let (reply_tx, rx) = oneshot::channel();
-        // Registered before it is written, so the answer always finds it.
-        let tx = {
+        let text = request_text(id, method, path, query, body);
+        let (reply, rx) = oneshot::channel();
+        // Queued and registered under the lock: a socket detached after this sees the request
+        // (and its writer reports it unsent if it never writes it); one detached before
+        // refuses it here, and HTTP takes it.
+        let generation = {
             let mut inner = self.inner.lock();
             let lane = inner.lane.as_ref()?;
             let usable = match generation {
@@ -191,35 +213,44 @@ impl RestSocket {
             if !usable {
                 return None;
             }
-            let (generation, tx) = (lane.generation, lane.tx.clone());
-            inner.pending.insert(id, (generation, reply_tx));
-            tx
+            let generation = lane.generation;
+            lane.tx.send(Outgoing::Request { id, text }).ok()?;
+            inner.pending.insert(
+                id,
+                Pending {
+                    generation,
+                    written: false,
+                    reply,
+                },
+            );
+            generation
         };
-        let reply = Reply {
+        Some(Reply {
             socket: self.clone(),
             id,
+            generation,
             rx,
-        };
-        let text = request_text(id, method, path, query, body);
-        // A closed writer: the reply's drop forgets the request; HTTP takes it.
-        tx.send(Outgoing::Request { id, text }).ok()?;
-        Some(reply)
+        })
     }
 
     /// A new socket takes over: requests go to its writer once it answers the probe.
-    /// Returns the socket's generation, for [`RestSocket::detach`] and the probe.
-    pub fn attach(&self, tx: mpsc::UnboundedSender<Outgoing>) -> u64 {
+    /// Returns the socket's generation (for [`RestSocket::detach`] and the probe) and what
+    /// wakes its prober when a request on it goes unanswered.
+    pub fn attach(&self, tx: mpsc::UnboundedSender<Outgoing>) -> (u64, Arc<tokio::sync::Notify>) {
         let generation = self.next_generation.fetch_add(1, Ordering::Relaxed);
+        let suspect = Arc::new(tokio::sync::Notify::new());
         self.inner.lock().lane = Some(Lane {
             generation,
             tx,
             ready: false,
+            suspect: suspect.clone(),
         });
-        generation
+        (generation, suspect)
     }
 
     /// The socket of `generation` is gone: requests written on it and not answered are
-    /// `Lost`; new requests use HTTP until the next socket answers its probe.
+    /// `Lost`; those still queued are reported `NotSent` by its writer as it ends. New
+    /// requests use HTTP until the next socket answers its probe.
     pub fn detach(&self, generation: u64) {
         let lost: Vec<ReplyTx> = {
             let mut inner = self.inner.lock();
@@ -233,24 +264,62 @@ impl RestSocket {
             let ids: Vec<u64> = inner
                 .pending
                 .iter()
-                .filter(|(_, (g, _))| *g == generation)
+                .filter(|(_, p)| p.generation == generation && p.written)
                 .map(|(id, _)| *id)
                 .collect();
             ids.iter()
                 .filter_map(|id| inner.pending.remove(id))
-                .map(|(_, tx)| tx)
+                .map(|p| p.reply)
                 .collect()
         };
-        for tx in lost {
-            let _ = tx.send(Err(Undelivered::Lost));
+        for reply in lost {
+            let _ = reply.send(Err(Undelivered::Lost));
         }
     }
 
-    /// The writer could not write request `id` (the socket failed first).
-    pub fn not_sent(&self, id: u64) {
-        if let Some((_, tx)) = self.inner.lock().pending.remove(&id) {
-            let _ = tx.send(Err(Undelivered::NotSent));
+    /// The writer handed request `id` to the socket.
+    pub fn written(&self, id: u64) {
+        if let Some(p) = self.inner.lock().pending.get_mut(&id) {
+            p.written = true;
         }
+    }
+
+    /// The writer did not write request `id` (the socket ended first).
+    pub fn not_sent(&self, id: u64) {
+        if let Some(p) = self.inner.lock().pending.remove(&id) {
+            let _ = p.reply.send(Err(Undelivered::NotSent));
+        }
+    }
+
+    /// Whether requests on the socket of `generation` still wait for answers.
+    pub fn waiting_on(&self, generation: u64) -> bool {
+        self.inner
+            .lock()
+            .pending
+            .values()
+            .any(|p| p.generation == generation)
+    }
+
+    /// A request on the socket of `generation` got no answer in time. The node may be slow,
+    /// or its answers may be hidden (an event filter on the socket's first app that leaves
+    /// out `RESTResponse`): requests use HTTP until the socket answers a probe again.
+    pub fn suspect(&self, generation: u64) {
+        let mut inner = self.inner.lock();
+        if let Some(lane) = inner.lane.as_mut().filter(|l| l.generation == generation)
+            && lane.ready
+        {
+            lane.ready = false;
+            lane.suspect.notify_one();
+        }
+    }
+
+    /// Whether `generation` is the current socket.
+    pub fn is_current(&self, generation: u64) -> bool {
+        self.inner
+            .lock()
+            .lane
+            .as_ref()
+            .is_some_and(|l| l.generation == generation)
     }
 
     /// An answer arrived. Returns false if no request waits for it (timed out, or not ours).
@@ -258,10 +327,10 @@ impl RestSocket {
         let Ok(id) = response.request_id.parse::<u64>() else {
             return false;
         };
-        let Some((_, tx)) = self.inner.lock().pending.remove(&id) else {
+        let Some(pending) = self.inner.lock().pending.remove(&id) else {
             return false;
         };
-        let _ = tx.send(Ok(AriResponse {
+        let _ = pending.reply.send(Ok(AriResponse {
             status: response.status_code,
             body: response.message_body.unwrap_or_default(),
         }));
@@ -276,7 +345,7 @@ impl RestSocket {
     /// Sends the probe on the socket of `generation` and, if the node answers within
     /// `wait`, lets requests use that socket. Returns whether it did.
     pub async fn probe(self: &Arc<Self>, generation: u64, wait: Duration) -> bool {
-        let Some(reply) = self.enqueue(Some(generation), "GET", PROBE_PATH, &[], None) else {
+        let Some(mut reply) = self.enqueue(Some(generation), "GET", PROBE_PATH, &[], None) else {
             return false;
         };
         match tokio::time::timeout(wait, reply.get()).await {
@@ -326,7 +395,7 @@ mod tests {
     fn socket() -> (Arc<RestSocket>, mpsc::UnboundedReceiver<Outgoing>, u64) {
         let socket = Arc::new(RestSocket::default());
         let (tx, rx) = mpsc::unbounded_channel();
-        let generation = socket.attach(tx);
+        let (generation, _) = socket.attach(tx);
         (socket, rx, generation)
     }
 
@@ -414,7 +483,7 @@ mod tests {
         assert!(probe.await.unwrap());
         assert!(socket.is_ready());
 
-        let reply = socket
+        let mut reply = socket
             .send("POST", "/channels/c1/answer", &[], None)
             .unwrap();
         let (id, v) = written(&mut rx);
@@ -433,19 +502,44 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_dropped_socket_loses_written_requests_and_refuses_new_ones() {
+    async fn a_dropped_socket_loses_written_requests_and_its_writer_reports_the_rest() {
         let (socket, mut rx, generation) = socket();
         socket.inner.lock().lane.as_mut().unwrap().ready = true;
-        let written_one = socket.send("GET", "/bridges", &[], None).unwrap();
-        let unsent = socket.send("GET", "/channels", &[], None).unwrap();
-        let (_, _) = written(&mut rx);
+        let mut written_one = socket.send("GET", "/bridges", &[], None).unwrap();
+        let mut unsent = socket.send("GET", "/channels", &[], None).unwrap();
+        let (written_id, _) = written(&mut rx);
+        socket.written(written_id);
+        assert!(socket.waiting_on(generation));
+        socket.detach(generation);
+        // Written: the node may have acted on it. Still queued: the writer says so as it ends.
+        assert_eq!(written_one.get().await, Err(Undelivered::Lost));
         let (unsent_id, _) = written(&mut rx);
         socket.not_sent(unsent_id);
-        socket.detach(generation);
-        assert_eq!(written_one.get().await, Err(Undelivered::Lost));
         assert_eq!(unsent.get().await, Err(Undelivered::NotSent));
+        assert!(!socket.waiting_on(generation));
         assert!(socket.send("GET", "/channels", &[], None).is_none());
         assert!(!socket.is_ready());
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_request_sends_requests_back_to_http_until_a_probe_answers() {
+        let (socket, mut rx, generation) = socket();
+        let suspect = socket.inner.lock().lane.as_ref().unwrap().suspect.clone();
+        socket.inner.lock().lane.as_mut().unwrap().ready = true;
+        let reply = socket.send("GET", "/bridges", &[], None).unwrap();
+        let _ = written(&mut rx);
+        reply.timed_out();
+        assert!(!socket.is_ready());
+        assert!(socket.send("GET", "/bridges", &[], None).is_none(), "HTTP");
+        // The prober is woken (the permit waits for it if it is busy).
+        tokio::time::timeout(Duration::from_secs(1), suspect.notified())
+            .await
+            .expect("prober woken");
+        // A late timeout from an older socket does not touch the current one.
+        socket.inner.lock().lane.as_mut().unwrap().ready = true;
+        socket.suspect(generation + 1);
+        assert!(socket.is_ready());
+        assert!(socket.is_current(generation) && !socket.is_current(generation + 1));
     }
 
     #[tokio::test]

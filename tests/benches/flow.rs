@@ -1,5 +1,5 @@
 //! Conference-flow benchmark through the whole system:
-//! `cargo bench -p stasis-e2e --bench flow`.
+//! `cargo bench -p stasis-e2e --bench flow` (`FLOW_CALLERS=10` or `=100`: that scenario only).
 //!
 //! Simulated nodes and the host run in one process but on separate tokio runtimes with
 //! named threads, so the CPU time of each side is read from `/proc/self/task/*/stat`.
@@ -182,7 +182,14 @@ fn main() {
             .pairing
             .store(on, std::sync::atomic::Ordering::Relaxed)
     };
-    for (total, batch) in [(3000, 10), (2000, 100)] {
+    // FLOW_CALLERS=10 or =100 runs one scenario only (for profiling one of them).
+    let only: Option<usize> = std::env::var("FLOW_CALLERS")
+        .ok()
+        .and_then(|v| v.parse().ok());
+    let scenarios = [(3000, 10), (2000, 100)]
+        .into_iter()
+        .filter(|&(_, batch)| only.is_none_or(|o| o == batch));
+    for (total, batch) in scenarios {
         let mut rounds = Vec::new();
         for _ in 0..ROUNDS {
             let events0 = latency.events.load(std::sync::atomic::Ordering::Relaxed);

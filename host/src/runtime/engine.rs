@@ -271,14 +271,17 @@ fn engine_config(config: &RuntimeConfig) -> Config {
         // and every `madvise` is a TLB shootdown across cores; batching them costs a few dozen
         // idle slots of RSS for a while and saves ~5 % of host CPU per call (flow bench).
         .decommit_batch_size(DECOMMIT_BATCH)
-        // A finished call's dirty pages are found with the PAGEMAP_SCAN ioctl (Linux 6.7+)
-        // and reset in place, up to KEEP_RESIDENT bytes per memory or table, instead of being
-        // returned with `madvise` and faulted in again by the next call in that slot: the
-        // faults and TLB shootdowns cost ~15 % of host CPU per call (flow bench). Kernels
-        // without the ioctl fall back to `madvise`.
-        .pagemap_scan(wasmtime::Enabled::Auto)
-        .linear_memory_keep_resident(KEEP_RESIDENT)
-        .table_keep_resident(KEEP_RESIDENT);
+        .pagemap_scan(wasmtime::Enabled::Auto);
+    // A finished call's dirty pages are found with the PAGEMAP_SCAN ioctl (Linux 6.7+) and
+    // reset in place, up to KEEP_RESIDENT bytes per memory or table, instead of being
+    // returned with `madvise` and faulted in again by the next call in that slot: the faults
+    // and TLB shootdowns cost ~15 % of host CPU per call (flow bench). Without the ioctl,
+    // keeping memory resident would mean a memset of its first KEEP_RESIDENT bytes per call
+    // (a Rust guest's untouched stack), so older kernels keep `madvise`.
+    if PoolingAllocationConfig::is_pagemap_scan_available() {
+        pool.linear_memory_keep_resident(KEEP_RESIDENT)
+            .table_keep_resident(KEEP_RESIDENT);
+    }
 
     let mut c = Config::new();
     c.allocation_strategy(InstanceAllocationStrategy::Pooling(pool))

@@ -40,6 +40,7 @@ pub struct LoggedRequest {
     /// HTTP status sent (101 for a websocket upgrade); `status_code` of a `RESTResponse`.
     pub status: u16,
     /// Sent as a `RESTRequest` on an event websocket rather than over HTTP.
+    #[serde(default)]
     pub over_websocket: bool,
 }
 

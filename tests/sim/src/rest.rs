@@ -125,9 +125,10 @@ async fn ari_handler(State(node): State<Arc<NodeInner>>, req: Request) -> Respon
     response
 }
 
-/// Percent-decode one path segment (channel ids may contain `;` etc.).
+/// Decodes one path segment as Asterisk's HTTP server does (`ast_uri_decode` with
+/// `ast_uri_http_legacy`): `%XX` escapes, and `+` is a space.
 fn decode(seg: &str) -> String {
-    if !seg.contains('%') {
+    if !seg.contains(['%', '+']) {
         return seg.to_string();
     }
     let bytes = seg.as_bytes();
@@ -142,7 +143,7 @@ fn decode(seg: &str) -> String {
             i += 3;
             continue;
         }
-        out.push(bytes[i]);
+        out.push(if bytes[i] == b'+' { b' ' } else { bytes[i] });
         i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
@@ -385,5 +386,7 @@ mod tests {
         assert_eq!(decode("plain"), "plain");
         assert_eq!(decode("bad%zz"), "bad%zz");
         assert_eq!(decode("end%4"), "end%4");
+        // Asterisk's legacy HTTP decoding: `+` is a space, `%2B` a plus.
+        assert_eq!(decode("a+b%2Bc"), "a b+c");
     }
 }

@@ -62,7 +62,7 @@ impl Response {
 }
 
 fn respond(node: &Arc<NodeInner>, text: &str) -> Response {
-    let Ok(Value::Object(msg)) = serde_json::from_str::<Value>(text) else {
+    let Ok(msg) = serde_json::from_str::<Value>(text) else {
         return Response {
             transaction_id: String::new(),
             request_id: String::new(),
@@ -72,6 +72,7 @@ fn respond(node: &Arc<NodeInner>, text: &str) -> Response {
             body: None,
         };
     };
+    // Valid JSON that is not an object has no `type` (`ast_json_object_get` finds nothing).
     let string = |key: &str| msg.get(key).and_then(Value::as_str).map(str::to_string);
     let ids = (
         string("transaction_id").unwrap_or_default(),
@@ -151,9 +152,9 @@ fn respond(node: &Arc<NodeInner>, text: &str) -> Response {
         }
     }
 
-    // The same handlers as HTTP. The uri is not percent-decoded on this path, so a `%` in it
-    // stays a `%` (the handlers decode path segments as HTTP delivers them encoded).
-    let path = format!("/ari/{}", uri.replace('%', "%25"));
+    // The same handlers as HTTP. The uri is not decoded on this path, so `%` and `+` stay as
+    // they are (the handlers decode path segments as HTTP delivers them encoded).
+    let path = format!("/ari/{}", uri.replace('%', "%25").replace('+', "%2B"));
     let query_text = serde_urlencoded::to_string(&pairs).unwrap_or_default();
     let mut p = Params::parse(None, json_body.as_deref().unwrap_or_default());
     p.prepend(pairs);

@@ -222,6 +222,8 @@ async fn malformed_requests_get_bad_request_answers() {
     assert!(answer.get("message_body").is_none());
 
     let cases: Vec<(Value, &str, &str)> = vec![
+        // Valid JSON but not an object: it has no type either.
+        (json!(["RESTRequest"]), "No 'type' property.", ""),
         (
             json!({"request_id": "b1", "method": "GET", "uri": "channels"}),
             "No 'type' property.",
@@ -264,9 +266,15 @@ async fn malformed_requests_get_bad_request_answers() {
         ),
     ];
     for (msg, why, uri) in cases {
-        let id = msg["request_id"].as_str().unwrap().to_string();
+        let id = msg["request_id"].as_str().unwrap_or_default().to_string();
+        let from = w.count();
         w.send_text(&msg.to_string());
-        let (answer, _) = w.wait_answer(&id, 2000).await.expect("answered");
+        let answer = w
+            .wait_for(from, 2000, |e| {
+                e["type"] == "RESTResponse" && e["request_id"] == id.as_str()
+            })
+            .await
+            .expect("answered");
         assert_eq!(answer["status_code"], 400, "{msg}");
         assert_eq!(answer["reason_phrase"], "Bad request", "{msg}");
         assert_eq!(answer["uri"], uri, "{msg}");
