@@ -187,11 +187,11 @@ pub struct Event {
     pub raw: Arc<str>,
 }
 
-/// One pass over the text: the envelope and scalar fields are read, the objects the host
-/// may need (`channel`, `bridge`, `playback`) are only delimited, then parsed on demand.
-/// Events are the host's hottest input (every event of every call, and Asterisk sends one
-/// ChannelVarset per bridge member on every join), so the text is never walked twice whole
-/// and no `serde_json::Value` tree is built.
+/// One pass over the text of any event: the envelope and scalar fields are read, the
+/// objects the host may need (`channel`, `bridge`, `playback`) are only delimited, then
+/// parsed on demand. Events are the host's hottest input (every event of every call, and an
+/// unfiltered node sends one ChannelVarset per bridge member on every join), so no
+/// `serde_json::Value` tree is built; the kinds the host acts on take the [`Typed`] pass.
 #[derive(Deserialize)]
 struct Wire<'a> {
     #[serde(rename = "type")]
@@ -214,6 +214,134 @@ struct Wire<'a> {
     duration_ms: Option<u32>,
 }
 
+/// The kinds the host acts on, in one pass: their sub-objects are always needed, so they are
+/// parsed as they are met rather than delimited and walked again. Chosen by the event's
+/// leading `type` (Asterisk writes it first); any error goes to the [`Wire`] path, which
+/// classifies it.
+#[derive(Deserialize)]
+struct Typed {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    asterisk_id: String,
+    #[serde(default)]
+    application: String,
+    #[serde(default)]
+    channel: Option<Channel>,
+    #[serde(default)]
+    bridge: Option<Bridge>,
+    #[serde(default)]
+    playback: Option<Playback>,
+    #[serde(default)]
+    args: Option<Vec<String>>,
+    #[serde(default)]
+    digit: Option<String>,
+    #[serde(default)]
+    duration_ms: Option<u32>,
+}
+
+/// A sub-object as a parse pass left it.
+enum Sub<'a, T> {
+    Typed(T),
+    Raw(&'a RawValue),
+    Absent,
+}
+
+impl<'a, T: serde::de::DeserializeOwned> Sub<'a, T> {
+    fn from_typed(value: Option<T>) -> Self {
+        value.map_or(Sub::Absent, Sub::Typed)
+    }
+
+    fn from_raw(raw: Option<&'a RawValue>) -> Self {
+        raw.map_or(Sub::Absent, Sub::Raw)
+    }
+
+    fn is_present(&self) -> bool {
+        !matches!(self, Sub::Absent)
+    }
+
+    /// The sub-object an event kind requires.
+    fn required(self, field: &'static str) -> Result<T, serde_json::Error> {
+        match self {
+            Sub::Typed(value) => Ok(value),
+            Sub::Raw(raw) => serde_json::from_str(raw.get()),
+            Sub::Absent => Err(missing(field)),
+        }
+    }
+}
+
+impl Sub<'_, Channel> {
+    /// For kinds the host does not act on only the channel's id matters (to find the call);
+    /// a channel of an unexpected shape is ignored.
+    fn id_only(self) -> Option<Channel> {
+        let id = match self {
+            Sub::Typed(channel) => channel.id,
+            Sub::Raw(raw) => serde_json::from_str::<ChannelId>(raw.get()).ok()?.id,
+            Sub::Absent => return None,
+        };
+        Some(Channel {
+            id,
+            ..Channel::default()
+        })
+    }
+}
+
+/// What either pass hands to [`Event::from_parts`].
+struct Parts<'a> {
+    kind: Option<String>,
+    asterisk_id: String,
+    application: String,
+    channel: Sub<'a, Channel>,
+    bridge: Sub<'a, Bridge>,
+    playback: Sub<'a, Playback>,
+    args: Option<Vec<String>>,
+    digit: Option<String>,
+    duration_ms: Option<u32>,
+}
+
+impl<'a> From<Wire<'a>> for Parts<'a> {
+    fn from(w: Wire<'a>) -> Self {
+        Parts {
+            kind: w.kind,
+            asterisk_id: w.asterisk_id,
+            application: w.application,
+            channel: Sub::from_raw(w.channel),
+            bridge: Sub::from_raw(w.bridge),
+            playback: Sub::from_raw(w.playback),
+            args: w.args,
+            digit: w.digit,
+            duration_ms: w.duration_ms,
+        }
+    }
+}
+
+impl From<Typed> for Parts<'_> {
+    fn from(t: Typed) -> Self {
+        Parts {
+            kind: t.kind,
+            asterisk_id: t.asterisk_id,
+            application: t.application,
+            channel: Sub::from_typed(t.channel),
+            bridge: Sub::from_typed(t.bridge),
+            playback: Sub::from_typed(t.playback),
+            args: t.args,
+            digit: t.digit,
+            duration_ms: t.duration_ms,
+        }
+    }
+}
+
+/// The `type` of an event that starts with it, as Asterisk writes events, compact or pretty
+/// (`ari.conf` `format`): a cheap look that picks the parse; `None` when the text starts
+/// otherwise.
+fn leading_type(text: &str) -> Option<&str> {
+    let rest = text.trim_start().strip_prefix('{')?.trim_start();
+    let rest = rest.strip_prefix("\"type\"")?.trim_start();
+    let rest = rest.strip_prefix(':')?.trim_start().strip_prefix('"')?;
+    let kind = &rest[..rest.find('"')?];
+    (!kind.contains('\\')).then_some(kind)
+}
+
 /// For event kinds the host does not act on, only the channel id matters (to find the call).
 #[derive(Deserialize)]
 struct ChannelId {
@@ -222,14 +350,6 @@ struct ChannelId {
 
 fn missing(field: &'static str) -> serde_json::Error {
     serde::de::Error::missing_field(field)
-}
-
-/// Parses a delimited sub-object that the event kind requires.
-fn required<T: serde::de::DeserializeOwned>(
-    raw: Option<&RawValue>,
-    field: &'static str,
-) -> Result<T, serde_json::Error> {
-    serde_json::from_str(raw.ok_or_else(|| missing(field))?.get())
 }
 
 /// The body of a message from Asterisk's AMQP module: either the module's envelope
@@ -266,15 +386,26 @@ impl Event {
 
     /// Parses one event (a websocket message or an AMQP `data` object).
     pub fn parse(text: &str) -> Result<Event, EventError> {
+        if leading_type(text).is_some_and(|kind| HOST_EVENTS.contains(&kind))
+            && let Ok(typed) = serde_json::from_str::<Typed>(text)
+        {
+            return Event::from_parts(typed.into(), text);
+        }
         let wire: Wire = serde_json::from_str(text).map_err(EventError::NotJson)?;
-        Event::from_wire(wire, text)
+        Event::from_parts(wire.into(), text)
     }
 
     /// Parses what a node writes on its event websocket: an event, or the answer to a
     /// request sent on the socket (`rest_socket`).
     pub fn parse_incoming(text: &str) -> Result<Incoming, EventError> {
-        let wire: Wire = serde_json::from_str(text).map_err(EventError::NotJson)?;
-        if wire.kind.as_deref() == Some(REST_RESPONSE) {
+        let is_answer = match leading_type(text) {
+            Some(kind) => kind == REST_RESPONSE,
+            None => {
+                let wire: Wire = serde_json::from_str(text).map_err(EventError::NotJson)?;
+                wire.kind.as_deref() == Some(REST_RESPONSE)
+            }
+        };
+        if is_answer {
             return RestResponse::parse(text)
                 .map(Incoming::RestResponse)
                 .map_err(|source| EventError::Malformed {
@@ -282,70 +413,64 @@ impl Event {
                     source,
                 });
         }
-        Event::from_wire(wire, text).map(|e| Incoming::Event(Box::new(e)))
+        Event::parse(text).map(|e| Incoming::Event(Box::new(e)))
     }
 
-    fn from_wire(wire: Wire, text: &str) -> Result<Event, EventError> {
-        let kind_name = wire.kind.ok_or(EventError::NoType)?;
+    fn from_parts(parts: Parts, text: &str) -> Result<Event, EventError> {
+        let kind_name = parts.kind.ok_or(EventError::NoType)?;
         let malformed = |source| EventError::Malformed {
             kind: kind_name.clone(),
             source,
         };
-        let channel = || required::<Channel>(wire.channel, "channel");
+        let channel = parts.channel;
         let kind = match kind_name.as_str() {
             "StasisStart" => Kind::StasisStart {
-                channel: channel().map_err(malformed)?,
-                args: wire.args.unwrap_or_default(),
+                channel: channel.required("channel").map_err(malformed)?,
+                args: parts.args.unwrap_or_default(),
             },
             "StasisEnd" => Kind::StasisEnd {
-                channel: channel().map_err(malformed)?,
+                channel: channel.required("channel").map_err(malformed)?,
             },
             "ChannelStateChange" => Kind::ChannelStateChange {
-                channel: channel().map_err(malformed)?,
+                channel: channel.required("channel").map_err(malformed)?,
             },
             "ChannelDtmfReceived" => Kind::ChannelDtmfReceived {
-                channel: channel().map_err(malformed)?,
-                digit: wire.digit.ok_or_else(|| malformed(missing("digit")))?,
-                duration_ms: wire.duration_ms.unwrap_or_default(),
+                channel: channel.required("channel").map_err(malformed)?,
+                digit: parts.digit.ok_or_else(|| malformed(missing("digit")))?,
+                duration_ms: parts.duration_ms.unwrap_or_default(),
             },
             "ChannelDestroyed" => Kind::ChannelDestroyed {
-                channel: channel().map_err(malformed)?,
+                channel: channel.required("channel").map_err(malformed)?,
             },
             "ChannelEnteredBridge" => Kind::ChannelEnteredBridge {
-                bridge: required(wire.bridge, "bridge").map_err(malformed)?,
-                channel: wire
-                    .channel
-                    .map(|_| channel())
-                    .transpose()
-                    .map_err(malformed)?,
+                bridge: parts.bridge.required("bridge").map_err(malformed)?,
+                channel: if channel.is_present() {
+                    Some(channel.required("channel").map_err(malformed)?)
+                } else {
+                    None
+                },
             },
             "ChannelLeftBridge" => Kind::ChannelLeftBridge {
-                bridge: required(wire.bridge, "bridge").map_err(malformed)?,
-                channel: channel().map_err(malformed)?,
+                bridge: parts.bridge.required("bridge").map_err(malformed)?,
+                channel: channel.required("channel").map_err(malformed)?,
             },
             "BridgeDestroyed" => Kind::BridgeDestroyed {
-                bridge: required(wire.bridge, "bridge").map_err(malformed)?,
+                bridge: parts.bridge.required("bridge").map_err(malformed)?,
             },
             "PlaybackFinished" => Kind::PlaybackFinished {
-                playback: required(wire.playback, "playback").map_err(malformed)?,
+                playback: parts.playback.required("playback").map_err(malformed)?,
             },
             "ApplicationReplaced" => Kind::ApplicationReplaced,
             // Unknown or untyped kinds: keep the channel's id when there is one, so the event
-            // can reach that channel's call; a channel field of an unexpected shape is ignored.
+            // can reach that channel's call.
             _ => Kind::Other {
-                channel: wire
-                    .channel
-                    .and_then(|raw| serde_json::from_str::<ChannelId>(raw.get()).ok())
-                    .map(|c| Channel {
-                        id: c.id,
-                        ..Channel::default()
-                    }),
+                channel: channel.id_only(),
             },
         };
         Ok(Event {
             kind_name,
-            asterisk_id: wire.asterisk_id,
-            application: wire.application,
+            asterisk_id: parts.asterisk_id,
+            application: parts.application,
             kind,
             raw: text.into(),
         })
@@ -438,6 +563,41 @@ mod tests {
         assert_eq!(channel.caller.name, "Alice");
         assert_eq!(channel.dialplan.exten, "8000");
         assert_eq!(&*e.raw, START);
+    }
+
+    #[test]
+    fn the_one_pass_and_the_delimiting_pass_agree() {
+        // Asterisk writes `type` first: the kinds the host acts on take the one-pass parse.
+        // The same event with `type` elsewhere takes the delimiting pass.
+        let later = START.replacen(r#""type":"StasisStart","#, "", 1).replacen(
+            r#""application":"conf"}"#,
+            r#""application":"conf","type":"StasisStart"}"#,
+            1,
+        );
+        assert_eq!(leading_type(START), Some("StasisStart"));
+        assert_eq!(
+            leading_type("{\n  \"type\" : \"StasisEnd\",\n"),
+            Some("StasisEnd")
+        );
+        assert_eq!(leading_type(&later), None);
+        let (one, two) = (Event::parse(START).unwrap(), Event::parse(&later).unwrap());
+        assert_eq!(one.kind, two.kind);
+        assert_eq!(
+            (one.asterisk_id, one.application),
+            (two.asterisk_id, two.application)
+        );
+        let bridge = r#"{"type":"ChannelEnteredBridge","bridge":{"id":"conf","creationtime":"t","channels":["a","b"]},"channel":{"id":"a","state":"Up"}}"#;
+        let moved = r#"{"bridge":{"id":"conf","creationtime":"t","channels":["a","b"]},"channel":{"id":"a","state":"Up"},"type":"ChannelEnteredBridge"}"#;
+        assert_eq!(
+            Event::parse(bridge).unwrap().kind,
+            Event::parse(moved).unwrap().kind
+        );
+        // Answers to requests are told apart wherever their `type` is.
+        let answer = r#"{"request_id":"3","status_code":204,"type":"RESTResponse"}"#;
+        assert!(matches!(
+            Event::parse_incoming(answer),
+            Ok(Incoming::RestResponse(r)) if r.request_id == "3"
+        ));
     }
 
     #[test]
