@@ -497,6 +497,21 @@ mod tests {
     }
 
     #[test]
+    fn requests_go_on_the_event_socket_unless_a_node_says_http() {
+        let node = |extra: &str| {
+            format!(
+                "[nodes.a]\nari_url = \"http://x:1\"\nusername = \"u\"\npassword = \"p\"\n{extra}"
+            )
+        };
+        let c = Config::from_toml(&node("")).unwrap();
+        assert_eq!(c.nodes["a"].rest, RestTransport::Auto);
+        let c = Config::from_toml(&node("rest = \"http\"")).unwrap();
+        assert_eq!(c.nodes["a"].rest, RestTransport::Http);
+        let bad = node("rest = \"carrier-pigeon\"");
+        assert!(err(&bad).contains("carrier-pigeon"), "{}", err(&bad));
+    }
+
+    #[test]
     fn amqp_intake_needs_a_broker_and_takes_its_defaults() {
         let amqp_node = r#"[nodes.a]
             ari_url = "http://x:1"
