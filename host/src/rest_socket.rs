@@ -19,14 +19,15 @@
 //! event filter may hide its answers (they pass the filter of the socket's first app).
 //!
 //! Asterisk reads a socket's requests one at a time, in its reader thread: requests on one
-//! node are serialised (events are not; Stasis threads write those). Paths that the socket
+//! node are serialised (events are not; Stasis threads write those), so once a request has
+//! waited longer than `MAX_WAIT`, new ones take HTTP, where each has a connection. Paths that the socket
 //! cannot carry as HTTP would (a `?`, `#` or `%` in an id; binary answers, which Asterisk
 //! refuses with 406) always use HTTP.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,7 @@ struct Pending {
     generation: u64,
     /// Handed to the socket by its writer: from then on the node may act on it.
     written: bool,
+    queued: Instant,
     reply: ReplyTx,
 }
 
@@ -159,6 +161,13 @@ impl RestResponse {
     }
 }
 
+/// How long the oldest request on a socket may have waited before new ones go over HTTP.
+/// Asterisk runs a socket's requests one after another, so one that blocks (a channel whose
+/// thread is busy) holds up the rest; each HTTP connection has a thread of its own.
+const MAX_WAIT: Duration = Duration::from_millis(50);
+/// Most requests waiting on a socket, whatever their age.
+const MAX_IN_FLIGHT: usize = 1024;
+
 /// The probe: cheap, read-only, and in ARI since Asterisk 13.25.
 const PROBE_PATH: &str = "/asterisk/ping";
 
@@ -181,7 +190,7 @@ impl RestSocket {
         query: &[(String, String)],
         body: Option<&serde_json::Value>,
     ) -> Option<Reply> {
-        if !Self::carries(path) || !self.is_ready() {
+        if !Self::carries(path) || !self.is_ready() || self.backed_up() {
             return None;
         }
         self.enqueue(None, method, path, query, body)
@@ -220,6 +229,7 @@ impl RestSocket {
                 Pending {
                     generation,
                     written: false,
+                    queued: Instant::now(),
                     reply,
                 },
             );
@@ -335,6 +345,19 @@ impl RestSocket {
             body: response.message_body.unwrap_or_default(),
         }));
         true
+    }
+
+    /// Whether requests are backing up on the socket (see [`MAX_WAIT`]).
+    fn backed_up(&self) -> bool {
+        let inner = self.inner.lock();
+        if inner.pending.len() >= MAX_IN_FLIGHT {
+            return true;
+        }
+        let now = Instant::now();
+        inner
+            .pending
+            .values()
+            .any(|p| now.duration_since(p.queued) > MAX_WAIT)
     }
 
     /// Whether requests currently go over the socket.
@@ -540,6 +563,22 @@ mod tests {
         socket.suspect(generation + 1);
         assert!(socket.is_ready());
         assert!(socket.is_current(generation) && !socket.is_current(generation + 1));
+    }
+
+    #[tokio::test]
+    async fn a_backed_up_socket_leaves_further_requests_to_http() {
+        let (socket, _rx, _) = socket();
+        socket.inner.lock().lane.as_mut().unwrap().ready = true;
+        // Many quick requests in flight: still the socket.
+        let waiting: Vec<Reply> = (0..100)
+            .map(|_| socket.send("GET", "/channels", &[], None).unwrap())
+            .collect();
+        // One that waits too long: HTTP until it is answered or given up.
+        let id = waiting[0].id;
+        socket.inner.lock().pending.get_mut(&id).unwrap().queued -= MAX_WAIT * 2;
+        assert!(socket.send("GET", "/channels", &[], None).is_none());
+        drop(waiting);
+        assert!(socket.send("GET", "/channels", &[], None).is_some());
     }
 
     #[tokio::test]

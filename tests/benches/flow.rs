@@ -246,6 +246,14 @@ fn main() {
             micros(percentile(&lat, 0.99)),
             lat.len()
         );
+        // How the requests reached the node (the socket takes at most 32 waiting requests).
+        let log = a.request_log();
+        let on_socket = log.iter().filter(|r| r.over_websocket).count();
+        println!(
+            "  requests on the event websocket:  {on_socket} of {} (the rest over HTTP)",
+            log.len()
+        );
+        a.clear_log();
     }
 
     // Join latency: local participant vs participants on another node.
