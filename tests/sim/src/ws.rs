@@ -72,28 +72,33 @@ pub(crate) async fn events_handler(
         return crate::rest::shutdown_response();
     };
     log(101);
-    let node2 = node.clone();
-    ws.on_upgrade(move |socket| run(node2, socket, apps, subscribe_all, kill))
+    // The apps are registered before the upgrade is answered, as Asterisk does (its
+    // `event_websocket_attempted` callback): a client that has its socket has its apps.
+    let (tx, rx) = unbounded_channel::<String>();
+    let conn = Conn {
+        id: node.conn_seq.fetch_add(1, Ordering::Relaxed),
+        tx,
+    };
+    node.state.lock().register_ws(&apps, subscribe_all, &conn);
+    let (node2, node3, id) = (node.clone(), node.clone(), conn.id);
+    ws.on_failed_upgrade(move |_| node3.state.lock().unregister_conn(id))
+        .on_upgrade(move |socket| run(node2, socket, apps, conn, rx, kill))
 }
 
 async fn run(
     node: Arc<NodeInner>,
     socket: WebSocket,
     apps: Vec<String>,
-    subscribe_all: bool,
+    conn: Conn,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<String>,
     mut kill: tokio::sync::watch::Receiver<bool>,
 ) {
     if *kill.borrow() {
+        node.state.lock().unregister_conn(conn.id);
         return;
     }
-    let (tx, mut rx) = unbounded_channel::<String>();
-    let conn = Conn {
-        id: node.conn_seq.fetch_add(1, Ordering::Relaxed),
-        tx,
-    };
     // Keep a sender: a replaced socket must stay open although no app holds its sender.
     let _keep = conn.tx.clone();
-    node.state.lock().register_ws(&apps, subscribe_all, &conn);
     let (mut sink, mut stream) = socket.split();
     loop {
         tokio::select! {
