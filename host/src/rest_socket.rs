@@ -84,6 +84,19 @@ struct Inner {
     pending: HashMap<u64, Pending>,
 }
 
+impl Inner {
+    /// Whether requests are backing up on the socket (see [`MAX_WAIT`]).
+    fn backed_up(&self) -> bool {
+        if self.pending.len() >= MAX_IN_FLIGHT {
+            return true;
+        }
+        let now = Instant::now();
+        self.pending
+            .values()
+            .any(|p| now.duration_since(p.queued) > MAX_WAIT)
+    }
+}
+
 /// The REST side of one node's event websocket; shared by the node's ARI client (which sends)
 /// and its intake task (which owns the socket and delivers the answers).
 #[derive(Debug, Default)]
@@ -190,7 +203,7 @@ impl RestSocket {
         query: &[(String, String)],
         body: Option<&serde_json::Value>,
     ) -> Option<Reply> {
-        if !Self::carries(path) || !self.is_ready() || self.backed_up() {
+        if !Self::carries(path) {
             return None;
         }
         self.enqueue(None, method, path, query, body)
@@ -207,22 +220,23 @@ impl RestSocket {
         body: Option<&serde_json::Value>,
     ) -> Option<Reply> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let text = request_text(id, method, path, query, body);
         let (reply, rx) = oneshot::channel();
-        // Queued and registered under the lock: a socket detached after this sees the request
-        // (and its writer reports it unsent if it never writes it); one detached before
-        // refuses it here, and HTTP takes it.
+        // Checked, queued and registered under one lock: a socket detached after this sees
+        // the request (and its writer reports it unsent if it never writes it); one detached
+        // before refuses it here, and HTTP takes it.
         let generation = {
             let mut inner = self.inner.lock();
+            let backed_up = generation.is_none() && inner.backed_up();
             let lane = inner.lane.as_ref()?;
             let usable = match generation {
                 Some(g) => lane.generation == g,
-                None => lane.ready,
+                None => lane.ready && !backed_up,
             };
             if !usable {
                 return None;
             }
             let generation = lane.generation;
+            let text = request_text(id, method, path, query, body);
             lane.tx.send(Outgoing::Request { id, text }).ok()?;
             inner.pending.insert(
                 id,
@@ -345,19 +359,6 @@ impl RestSocket {
             body: response.message_body.unwrap_or_default(),
         }));
         true
-    }
-
-    /// Whether requests are backing up on the socket (see [`MAX_WAIT`]).
-    fn backed_up(&self) -> bool {
-        let inner = self.inner.lock();
-        if inner.pending.len() >= MAX_IN_FLIGHT {
-            return true;
-        }
-        let now = Instant::now();
-        inner
-            .pending
-            .values()
-            .any(|p| now.duration_since(p.queued) > MAX_WAIT)
     }
 
     /// Whether requests currently go over the socket.
