@@ -238,6 +238,9 @@ async fn writer(
             first = rx.recv() => first,
         };
         let Some(first) = first else { break };
+        // Let every task already runnable (the calls woken by the frames just read) queue its
+        // request first, so that one flush carries them all: one send instead of one each.
+        tokio::task::yield_now().await;
         let mut next = Some(first);
         while let Some(out) = next.take() {
             let (message, id) = match out {
