@@ -14,14 +14,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::stream::SplitStream;
+use futures_util::{Sink, SinkExt, StreamExt};
 use tokio::net::TcpStream;
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::{self, Message};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
@@ -221,12 +221,14 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Writes a socket's frames in order, each batch of queued frames in one flush, until the
 /// socket fails or its [`Connection`] is dropped. A request still queued then was never
 /// sent, and is told so (it goes over HTTP).
-async fn writer(
-    mut sink: SplitSink<Socket, Message>,
+async fn writer<S>(
+    mut sink: S,
     mut rx: mpsc::UnboundedReceiver<Outgoing>,
     mut closed: oneshot::Receiver<()>,
     rest: Arc<RestSocket>,
-) {
+) where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
     let mut open = true;
     'socket: while open {
         let first = tokio::select! {
@@ -273,7 +275,10 @@ async fn writer(
 }
 
 /// Feeds one frame (`None`: flushes); false when the socket failed or stalled.
-async fn write(sink: &mut SplitSink<Socket, Message>, message: Option<Message>) -> bool {
+async fn write<S>(sink: &mut S, message: Option<Message>) -> bool
+where
+    S: Sink<Message, Error = tungstenite::Error> + Unpin,
+{
     let done = async {
         match message {
             Some(m) => sink.feed(m).await,
@@ -444,5 +449,76 @@ async fn drain_then_close(node: &Arc<Node>, mut old: Connection, tx: &mpsc::Send
                 incoming(node, text.as_str(), tx).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::{Context, Poll};
+
+    use super::*;
+
+    /// A socket that records each frame it is given and each flush (one send on a real one).
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<parking_lot::Mutex<Vec<String>>>);
+
+    impl Sink<Message> for Recorder {
+        type Error = tungstenite::Error;
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+        fn start_send(self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.0
+                .lock()
+                .push(item.into_text().map(|t| t.to_string()).unwrap_or_default());
+            Ok(())
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            self.0.lock().push("flush".into());
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// One worker, as in the flow benchmark: a task woken by another runs right after it
+    /// (tokio's LIFO slot), so without the writer's yield the first call's request would be
+    /// sent alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn requests_of_calls_woken_together_leave_in_one_send() {
+        let socket = Recorder::default();
+        let (out, rx) = mpsc::unbounded_channel();
+        let (_close, closed) = oneshot::channel();
+        let rest = Arc::new(RestSocket::default());
+        let log = socket.0.clone();
+        let calls = out.clone();
+        tokio::spawn(async move {
+            tokio::spawn(writer(socket, rx, closed, rest));
+            tokio::task::yield_now().await;
+            // Three calls whose events came in one read, each queueing its next request.
+            for id in 0..3 {
+                let out = calls.clone();
+                tokio::spawn(async move {
+                    let text = format!("request {id}");
+                    out.send(Outgoing::Request { id, text }).unwrap();
+                });
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !log.lock().iter().any(|l| l == "flush") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let mut sent = log.lock().clone();
+        assert_eq!(sent.pop().as_deref(), Some("flush"), "{sent:?}");
+        sent.sort();
+        assert_eq!(
+            sent,
+            ["request 0", "request 1", "request 2"],
+            "one send for the three"
+        );
+        drop(out);
     }
 }
