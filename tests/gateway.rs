@@ -840,3 +840,112 @@ async fn answers_hidden_by_an_event_filter_send_requests_back_to_http_until_they
     assert_eq!(over(&third), [true, true]);
     rig.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_node_is_reached_over_tls_for_requests_and_events() {
+    // a serves HTTPS and WSS with a certificate from a private CA the host is told to trust;
+    // b is plain HTTP. One conference spans both.
+    let dir = tempfile::tempdir().unwrap();
+    let (ca_file, tls) = stasis_e2e::tls_files(dir.path(), "cluster");
+    let mut sim_config = stasis_e2e::sim_config(2);
+    sim_config.nodes[0].tls = Some(tls);
+    let host_extra = format!("[tls]\nca_file = {:?}\n", ca_file.display().to_string());
+    let rig = Rig::start_configured(sim_config, &host_extra, &[("conf", "conference")]).await;
+    let (a, b) = (rig.node("a"), rig.node("b"));
+    assert!(a.ari_url().starts_with("https://"), "{}", a.ari_url());
+    assert!(b.ari_url().starts_with("http://"), "{}", b.ari_url());
+    wait_for("node a takes requests on its wss socket", || {
+        rig.host
+            .cluster
+            .node("a")
+            .unwrap()
+            .client
+            .socket()
+            .is_ready()
+    })
+    .await;
+
+    let on_a = rig.call("a", "Alice", "8000");
+    let on_b = rig.call("b", "Bob", "8000");
+    wait_for("both bridged", || {
+        in_bridge(&a, &on_a, "conf") && in_bridge(&b, &on_b, "conf")
+    })
+    .await;
+    wait_for(
+        "one conference across the nodes (trunk legs bridged)",
+        || {
+            a.bridges()
+                .iter()
+                .any(|br| br.id == "conf" && br.channels.len() == 2)
+                && b.bridges()
+                    .iter()
+                    .any(|br| br.id == "conf" && br.channels.len() == 2)
+        },
+    )
+    .await;
+    let log = a.request_log();
+    // Identification went over HTTPS, the call's requests over the WSS event socket.
+    assert!(
+        log.iter()
+            .any(|r| r.path == "/ari/asterisk/info" && !r.over_websocket),
+        "{log:?}"
+    );
+    let call: Vec<(String, bool)> = log
+        .iter()
+        .filter(|r| r.path.contains(&on_a) || r.query.contains(&on_a))
+        .map(|r| (format!("{} {}", r.method, r.path), r.over_websocket))
+        .collect();
+    assert_eq!(
+        call,
+        [
+            (format!("POST /ari/channels/{on_a}/answer"), true),
+            ("POST /ari/bridges/conf/addChannel".to_string(), true),
+        ]
+    );
+
+    // Events keep flowing over TLS: the far end hangs up and the instance goes.
+    a.hangup_far_end(&on_a, None).unwrap();
+    wait_for("a's call ended", || conf(&rig).live_calls() == 1).await;
+    rig.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_certificate_is_not_trusted_is_never_used_and_says_why() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, tls) = stasis_e2e::tls_files(dir.path(), "node");
+    let (other_ca, _) = stasis_e2e::tls_files(dir.path(), "other");
+    let mut sim_config = stasis_e2e::sim_config(1);
+    sim_config.nodes[0].tls = Some(tls);
+    stasis_e2e::init_logging();
+    let sim = stasis_sim::Cluster::start(sim_config).await.unwrap();
+    let host_extra = format!("[tls]\nca_file = {:?}\n", other_ca.display().to_string());
+    let host = stasis_host::gateway::Gateway::start(
+        stasis_e2e::host_config(&sim, &host_extra),
+        stasis_e2e::runtime_config(),
+    )
+    .await
+    .unwrap();
+    stasis_e2e::load_plugin_cached(&host, "conf", "conference").await;
+    let node = host.cluster.node("a").unwrap().clone();
+    let err = node
+        .client
+        .call(reqwest::Method::GET, "/asterisk/info", &[], None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AriError::Unavailable(m) if m.contains("certificate")),
+        "{err:?}"
+    );
+    // Intake keeps retrying, and never gets through.
+    tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+    assert!(!node.is_up());
+    let sim_node = sim.node("a");
+    assert!(
+        sim_node.request_log().is_empty(),
+        "{:?}",
+        sim_node.request_log()
+    );
+    assert!(sim_node.apps().is_empty());
+    host.shutdown();
+    sim.shutdown().await;
+}

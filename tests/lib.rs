@@ -67,12 +67,21 @@ impl Rig {
     }
 
     pub async fn start_with(sim_config: ClusterConfig, apps: &[(&str, &str)]) -> Rig {
+        Self::start_configured(sim_config, "", apps).await
+    }
+
+    /// As [`Rig::start_with`], with `host_extra` TOML appended to the host's configuration.
+    pub async fn start_configured(
+        sim_config: ClusterConfig,
+        host_extra: &str,
+        apps: &[(&str, &str)],
+    ) -> Rig {
         init_logging();
         let sim = stasis_sim::Cluster::start(sim_config)
             .await
             .expect("simulated cluster");
         route_trunk_legs(&sim);
-        let host = Gateway::start(host_config(&sim, ""), runtime_config())
+        let host = Gateway::start(host_config(&sim, host_extra), runtime_config())
             .await
             .expect("host starts");
         for (name, plugin_name) in apps {
@@ -369,4 +378,38 @@ impl Relay {
     pub fn cut(&self) {
         self.cuts.send_modify(|n| *n += 1);
     }
+}
+
+/// A private CA named `name` and a certificate it signed for `127.0.0.1` and `localhost`, as
+/// PEM files in `dir`, the way Asterisk's `ast_tls_cert` script makes them: returns the CA's
+/// file (for the host's `[tls] ca_file`) and the node's identity (for the simulator).
+pub fn tls_files(
+    dir: &std::path::Path,
+    name: &str,
+) -> (std::path::PathBuf, stasis_sim::config::NodeTls) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, format!("{name} CA"));
+    let ca = ca.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("node key");
+    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
+        .expect("node params");
+    leaf.distinguished_name.push(DnType::CommonName, "asterisk");
+    let leaf = leaf
+        .signed_by(&key, &ca, &ca_key)
+        .expect("node certificate");
+    let path = |file: &str| dir.join(format!("{name}-{file}"));
+    std::fs::write(path("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(path("asterisk.crt"), leaf.pem()).unwrap();
+    std::fs::write(path("asterisk.key"), key.serialize_pem()).unwrap();
+    (
+        path("ca.pem"),
+        stasis_sim::config::NodeTls {
+            cert_file: path("asterisk.crt"),
+            key_file: path("asterisk.key"),
+        },
+    )
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, StatusCode};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -41,7 +42,8 @@ impl AriResponse {
 /// base plus the path and query.
 #[derive(Debug, Clone)]
 pub struct AriClient {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Pool,
+    tls: Arc<rustls::ClientConfig>,
     base: String,
     auth: HeaderValue,
     timeout: Duration,
@@ -58,8 +60,9 @@ impl AriClient {
         password: &str,
         connect_timeout: Duration,
         request_timeout: Duration,
+        tls: Arc<rustls::ClientConfig>,
     ) -> AriClient {
-        let http = pooled_http(connect_timeout);
+        let http = pooled_http(connect_timeout, tls.clone());
         let credentials = base64::Engine::encode(
             &base64::engine::general_purpose::STANDARD,
             format!("{username}:{password}"),
@@ -69,6 +72,7 @@ impl AriClient {
         auth.set_sensitive(true);
         AriClient {
             http,
+            tls,
             base: base.trim_end_matches('/').to_string(),
             auth,
             timeout: request_timeout,
@@ -86,6 +90,11 @@ impl AriClient {
     /// and the facade's own pool too.
     pub fn auth(&self) -> &HeaderValue {
         &self.auth
+    }
+
+    /// The TLS client configuration, for the node's `wss://` event socket.
+    pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
     }
 
     /// How long a request may take.
@@ -242,12 +251,22 @@ fn check_status(response: AriResponse) -> Result<AriResponse, AriError> {
 
 /// A keep-alive HTTP/1.1 pool to nodes, as the host uses everywhere (this client and the
 /// facade's pass-through pools).
-pub(crate) fn pooled_http(connect_timeout: Duration) -> Client<HttpConnector, Full<Bytes>> {
+/// A keep-alive connection pool to nodes, `http://` and `https://` alike.
+pub(crate) type Pool = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+pub(crate) fn pooled_http(connect_timeout: Duration, tls: Arc<rustls::ClientConfig>) -> Pool {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
     connector.set_connect_timeout(Some(connect_timeout));
     // Notices a pooled connection to a node that vanished without a FIN.
     connector.set_keepalive(Some(Duration::from_secs(15)));
+    // The TLS layer takes https:// URLs; plain ones pass through it.
+    connector.enforce_http(false);
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(Arc::unwrap_or_clone(tls))
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(connector);
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_timer(TokioTimer::new())
@@ -381,6 +400,7 @@ mod tests {
             "p",
             Duration::from_millis(200),
             Duration::from_millis(500),
+            crate::tls::client_config(None).unwrap(),
         );
         let err = client
             .call(Method::GET, "/asterisk/info", &[], None)

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use crate::ari_client::AriClient;
 use crate::backend::AriError;
 use crate::config::{Config, NodeConfig};
+use crate::tls::TlsError;
 
 /// Whether the host can reach a node.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -87,10 +88,13 @@ pub struct DuplicateIdentity {
 pub struct Cluster {
     by_name: BTreeMap<String, Arc<Node>>,
     by_id: RwLock<HashMap<String, String>>,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl Cluster {
-    pub fn from_config(config: &Config) -> Cluster {
+    /// Fails only when the TLS configuration cannot be built (see `tls`).
+    pub fn from_config(config: &Config) -> Result<Cluster, TlsError> {
+        let tls = crate::tls::client_config(config.tls.ca_file.as_deref())?;
         let by_name = config
             .nodes
             .iter()
@@ -102,6 +106,7 @@ impl Cluster {
                     &node.password,
                     config.limits.connect_timeout(),
                     config.limits.request_timeout(),
+                    tls.clone(),
                 );
                 let node = Node {
                     name: name.clone(),
@@ -113,10 +118,16 @@ impl Cluster {
                 (name.clone(), Arc::new(node))
             })
             .collect();
-        Cluster {
+        Ok(Cluster {
             by_name,
             by_id: RwLock::new(HashMap::new()),
-        }
+            tls,
+        })
+    }
+
+    /// The TLS client configuration of every connection to a node.
+    pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
+        &self.tls
     }
 
     pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
@@ -226,6 +237,7 @@ mod tests {
             )
             .unwrap(),
         )
+        .unwrap()
     }
 
     #[test]

@@ -1297,7 +1297,7 @@ mod tests {
         )
         .unwrap();
         Conferences::new(
-            Arc::new(Cluster::from_config(&config)),
+            Arc::new(Cluster::from_config(&config).unwrap()),
             Arc::new(Ownership::new()),
         )
     }

@@ -268,12 +268,24 @@ pub struct Config {
     /// RabbitMQ; required when a node has `intake = "amqp"` or apps are replicated.
     #[serde(default)]
     pub amqp: Option<Amqp>,
+    #[serde(default)]
+    pub tls: Tls,
+}
+
+/// TLS to nodes with `https://` ARI URLs (see `tls`).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Tls {
+    /// PEM file of the CA (or self-signed certificate) the nodes' certificates chain to,
+    /// trusted besides the system's roots.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The sections environment variables may override. Other `STASIS_*` variables (`STASIS_LOG`,
 /// the test suite's `STASIS_TEST_*`) are not configuration.
-const SECTIONS: [&str; 7] = [
-    "nodes__", "apps__", "limits__", "listen__", "store__", "facade__", "amqp__",
+const SECTIONS: [&str; 8] = [
+    "nodes__", "apps__", "limits__", "listen__", "store__", "facade__", "amqp__", "tls__",
 ];
 
 impl Config {
@@ -335,6 +347,9 @@ impl Config {
                     "must contain {exten}, e.g. PJSIP/{exten}@trunk-{node}",
                 ));
             }
+        }
+        if let Some(path) = &self.tls.ca_file {
+            crate::tls::read_ca_file(path).map_err(|e| invalid("tls.ca_file", e.to_string()))?;
         }
         for (name, app) in &self.apps {
             let field = |f: &str| format!("apps.{name}.{f}");
@@ -494,6 +509,12 @@ mod tests {
         assert!(err(trunk).contains("nodes.a.trunk"), "{}", err(trunk));
         let app = format!("{GOOD}\n[apps.x]\nwasm = \"x.wasm\"\nmax_live_calls = 0\n");
         assert!(err(&app).contains("apps.x.max_live_calls"), "{}", err(&app));
+        let ca = format!("{GOOD}\n[tls]\nca_file = \"/nonexistent/ca.pem\"\n");
+        assert!(
+            err(&ca).contains("tls.ca_file") && err(&ca).contains("/nonexistent/ca.pem"),
+            "{}",
+            err(&ca)
+        );
     }
 
     #[test]

@@ -31,6 +31,8 @@ use crate::runtime::{App, AppSettings, FaultPolicy, Runtime, RuntimeConfig, Runt
 pub enum GatewayError {
     #[error(transparent)]
     Runtime(#[from] RuntimeError),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
     #[error("app {app}: cannot read {path}: {source}")]
     ReadApp {
         app: String,
@@ -65,7 +67,7 @@ impl Gateway {
     /// are not up yet are waited for in the background; start-up never fails on them.
     pub async fn start(config: Config, runtime: RuntimeConfig) -> Result<Gateway, GatewayError> {
         let runtime = Arc::new(Runtime::new(runtime)?);
-        let cluster = Arc::new(Cluster::from_config(&config));
+        let cluster = Arc::new(Cluster::from_config(&config)?);
         let ownership = Arc::new(Ownership::new());
         let catalog = Arc::new(Catalog::new());
         let conferences = Conferences::new(cluster.clone(), ownership.clone());

@@ -166,8 +166,10 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
     let config = WebSocketConfig::default().read_buffer_size(READ_BUFFER);
     // No Nagle: requests go out on this socket too, each a small frame that must not wait
     // for the node's delayed ACK.
+    let tls = tokio_tungstenite::Connector::Rustls(node.client.tls().clone());
     let (socket, _) =
-        tokio_tungstenite::connect_async_with_config(request, Some(config), true).await?;
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(tls))
+            .await?;
     Ok(socket)
 }
 

@@ -28,3 +28,4 @@ pub mod rest_socket;
 pub mod router;
 pub mod runtime;
 pub mod store;
+pub mod tls;

@@ -260,7 +260,7 @@ mod tests {
         .unwrap();
         ExternalApps::new(
             Arc::new(Catalog::new()),
-            Arc::new(Cluster::from_config(&config)),
+            Arc::new(Cluster::from_config(&config).unwrap()),
         )
     }
 

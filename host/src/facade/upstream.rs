@@ -13,10 +13,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue};
 use hyper::{Method, Request, Uri};
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
 
-use crate::ari_client::pooled_http;
+use crate::ari_client::{Pool, pooled_http};
 use crate::backend::AriError;
 use crate::cluster::{Cluster, Node};
 
@@ -36,7 +34,7 @@ struct NodePool {
 
 /// Pass-through pools, one per configured node.
 pub struct Upstream {
-    http: Client<HttpConnector, Full<Bytes>>,
+    http: Pool,
     nodes: HashMap<String, NodePool>,
     timeout: Duration,
 }
@@ -54,7 +52,7 @@ impl Upstream {
             })
             .collect();
         Upstream {
-            http: pooled_http(connect_timeout),
+            http: pooled_http(connect_timeout, cluster.tls().clone()),
             nodes,
             timeout,
         }

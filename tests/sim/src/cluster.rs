@@ -108,6 +108,7 @@ impl Cluster {
                     sound_ms: cfg.sound_ms.clone(),
                     wait_forever_ms: cfg.wait_forever_ms,
                     rest_over_websocket: n.rest_over_websocket,
+                    tls: n.tls.clone(),
                     amqp: crate::amqp::Shared::new(n.name.as_str().into(), cfg.node_amqp(i)),
                 });
                 let inner = Arc::new(NodeInner::new(

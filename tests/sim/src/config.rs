@@ -126,6 +126,18 @@ pub struct NodeConfig {
     /// Answers ARI requests written on its event websockets (`RESTRequest`, Asterisk 22.4,
     /// 21.9, 20.14 and later). `false`: ignores them, as older Asterisk does.
     pub rest_over_websocket: bool,
+    /// Serve HTTPS and WSS with this certificate, as `http.conf` `tlsenable=yes` does.
+    pub tls: Option<NodeTls>,
+}
+
+/// A node's TLS identity (`http.conf` `tlscertfile`, `tlsprivatekey`): PEM files.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeTls {
+    /// The certificate chain, leaf first.
+    pub cert_file: std::path::PathBuf,
+    /// Its private key.
+    pub key_file: std::path::PathBuf,
 }
 
 impl Default for NodeConfig {
@@ -138,6 +150,7 @@ impl Default for NodeConfig {
             dialplan: None,
             amqp: None,
             rest_over_websocket: true,
+            tls: None,
         }
     }
 }

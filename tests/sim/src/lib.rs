@@ -55,6 +55,7 @@ mod rest;
 mod rest_ws;
 mod state;
 pub mod time;
+mod tls;
 mod ws;
 
 pub use amqp::{AmqpState, AmqpStatus};

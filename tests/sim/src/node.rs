@@ -171,6 +171,15 @@ impl NodeInner {
         false
     }
 
+    /// `https` when the node serves TLS, else `http`.
+    pub(crate) fn scheme(&self) -> &'static str {
+        if self.cfg.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+
     pub(crate) fn kill_signal(&self) -> Option<watch::Receiver<bool>> {
         self.server.lock().as_ref().map(|s| s.kill.subscribe())
     }
@@ -203,18 +212,34 @@ impl NodeInner {
         let router = crate::rest::router(self.clone());
         let (shutdown, rx) = oneshot::channel::<()>();
         let (kill, _) = watch::channel(false);
-        // Asterisk's HTTP server sets TCP_NODELAY on every connection (`httpd_helper_thread`):
-        // websocket frames and answers go out as written.
-        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        let task = tokio::spawn(async move {
-            let _ = axum::serve(listener, router)
-                .with_graceful_shutdown(async move {
-                    let _ = rx.await;
+        let stopped = async move {
+            let _ = rx.await;
+        };
+        let task = match &self.cfg.tls {
+            Some(tls) => {
+                let listener = crate::tls::TlsListener {
+                    tcp: listener,
+                    acceptor: crate::tls::server_config(tls)?.into(),
+                };
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await;
                 })
-                .await;
-        });
+            }
+            None => {
+                // Asterisk's HTTP server sets TCP_NODELAY on every connection
+                // (`httpd_helper_thread`): websocket frames and answers go out as written.
+                let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                    let _ = tcp.set_nodelay(true);
+                });
+                tokio::spawn(async move {
+                    let _ = axum::serve(listener, router)
+                        .with_graceful_shutdown(stopped)
+                        .await;
+                })
+            }
+        };
         *self.server.lock() = Some(Server {
             shutdown,
             kill,
@@ -313,15 +338,26 @@ impl NodeHandle {
         self.inner.port.load(Ordering::Acquire)
     }
 
-    /// `http://127.0.0.1:<port>/ari`.
+    /// `http://127.0.0.1:<port>/ari` (`https://` with TLS).
     pub fn ari_url(&self) -> String {
-        format!("http://{}:{}/ari", self.inner.bind, self.port())
+        format!(
+            "{}://{}:{}/ari",
+            self.inner.scheme(),
+            self.inner.bind,
+            self.port()
+        )
     }
 
-    /// `ws://127.0.0.1:<port>/ari/events?app=<apps>&api_key=<user>:<pass>`.
+    /// `ws://127.0.0.1:<port>/ari/events?app=<apps>&api_key=<user>:<pass>` (`wss://` with
+    /// TLS).
     pub fn ws_url(&self, apps: &str) -> String {
+        let ws = if self.inner.cfg.tls.is_some() {
+            "wss"
+        } else {
+            "ws"
+        };
         format!(
-            "ws://{}:{}/ari/events?app={}&api_key={}:{}",
+            "{ws}://{}:{}/ari/events?app={}&api_key={}:{}",
             self.inner.bind,
             self.port(),
             apps,
@@ -330,9 +366,15 @@ impl NodeHandle {
         )
     }
 
-    /// `http://127.0.0.1:<port>/_sim` (control API on the node's own port).
+    /// `http://127.0.0.1:<port>/_sim` (control API on the node's own port; `https://` with
+    /// TLS).
     pub fn control_url(&self) -> String {
-        format!("http://{}:{}/_sim", self.inner.bind, self.port())
+        format!(
+            "{}://{}:{}/_sim",
+            self.inner.scheme(),
+            self.inner.bind,
+            self.port()
+        )
     }
 
     pub fn is_alive(&self) -> bool {

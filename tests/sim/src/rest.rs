@@ -193,7 +193,8 @@ pub(crate) fn handle(
         ("GET", ["api-docs", "amqp.json"]) => {
             // Wazo's res_ari_amqp resource, as recorded (fixtures/amqp/register.json).
             let base = format!(
-                "http://{}:{}/ari",
+                "{}://{}:{}/ari",
+                node.scheme(),
                 node.bind,
                 node.port.load(Ordering::Acquire)
             );
@@ -205,7 +206,7 @@ pub(crate) fn handle(
                     "_copyright": "simulated",
                     "apiVersion": "10.0.0",
                     "swaggerVersion": "1.1",
-                    "basePath": format!("http://{}:{}/ari", node.bind, node.port.load(Ordering::Acquire)),
+                    "basePath": format!("{}://{}:{}/ari", node.scheme(), node.bind, node.port.load(Ordering::Acquire)),
                     "resourcePath": format!("/api-docs/{file}"),
                     "apis": [],
                 })

@@ -40,6 +40,8 @@ pub(crate) struct NodeCfg {
     pub wait_forever_ms: u64,
     /// See [`crate::config::NodeConfig::rest_over_websocket`].
     pub rest_over_websocket: bool,
+    /// See [`crate::config::NodeConfig::tls`].
+    pub tls: Option<crate::config::NodeTls>,
     /// AMQP publishing of this node (config, counters, state), shared across its lives.
     pub amqp: Arc<crate::amqp::Shared>,
 }
