@@ -461,6 +461,98 @@ async fn newest_client_takes_the_app_and_names_do_not_collide_with_wasm_apps() {
     rig.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn event_filters_apply_on_every_node_and_the_hosts_apps_are_not_the_clients_to_change() {
+    let rig = FacadeRig::start().await;
+    rig.host
+        .load_app("conf", stasis_e2e::plugin("conference"), Default::default())
+        .await
+        .expect("wasm app loads");
+    let mut socket = rig.events("ext").await;
+    let (user, pass) = rig.sim.credentials();
+    let filter_on = |node: &str, app: &str| {
+        let url = format!("{}/applications/{app}", rig.node(node).ari_url());
+        let (http, user, pass) = (rig.http.clone(), user.to_string(), pass.to_string());
+        async move {
+            let app: serde_json::Value = http
+                .get(url)
+                .basic_auth(user, Some(pass))
+                .send()
+                .await
+                .expect("node answers")
+                .json()
+                .await
+                .expect("application JSON");
+            app["events_allowed"].clone()
+        }
+    };
+    let put_filter = |app: &str| {
+        rig.http
+            .put(format!("{}/ari/applications/{app}/eventFilter", rig.url))
+            .basic_auth(USER, Some(PASS))
+            .json(&serde_json::json!({"allowed": [{"type": "StasisStart"}]}))
+            .send()
+    };
+
+    // The client's filter on its app reaches both nodes: calls on either are filtered alike.
+    let answer = put_filter("ext").await.expect("facade answers");
+    assert_eq!(answer.status().as_u16(), 200);
+    for node in ["a", "b"] {
+        assert_eq!(
+            filter_on(node, "ext").await,
+            serde_json::json!([{"type": "StasisStart"}]),
+            "node {node}"
+        );
+    }
+    let on_b = inject(&rig, "b", "7000");
+    let start = next_of(&mut socket, "StasisStart").await;
+    assert_eq!(start["channel"]["id"], on_b.as_str());
+
+    // The host's apps are not the client's: a wasm app's filter and subscriptions, and the
+    // trunk app's, stay as the host set them, on every node.
+    // Once the host has set conf's filter on both nodes (the app asks for no events).
+    let mut conf_before = (serde_json::Value::Null, serde_json::Value::Null);
+    for _ in 0..200 {
+        conf_before = (filter_on("a", "conf").await, filter_on("b", "conf").await);
+        let set = |f: &serde_json::Value| f.as_array().is_some_and(|a| !a.is_empty());
+        if set(&conf_before.0) && set(&conf_before.1) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    for app in ["conf", "%63onf", "stasis-trunk"] {
+        let answer = put_filter(app).await.expect("facade answers");
+        assert_eq!(answer.status().as_u16(), 403, "{app}");
+        let body: serde_json::Value = answer.json().await.unwrap();
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains("host")),
+            "{body}"
+        );
+    }
+    let (status, _) = rig
+        .request(
+            reqwest::Method::POST,
+            "/applications/conf/subscription?eventSource=endpoint:PJSIP",
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert_eq!(
+        (filter_on("a", "conf").await, filter_on("b", "conf").await),
+        conf_before
+    );
+    for node in ["a", "b"] {
+        let subscribed: Vec<String> = rig
+            .node(node)
+            .request_log()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/subscription"))
+            .map(|r| r.path)
+            .collect();
+        assert!(subscribed.is_empty(), "node {node}: {subscribed:?}");
+    }
+    rig.stop().await;
+}
+
 /// Asterisk's own Node.js ARI client (`ari-client`, pinned in
 /// `tests/facade-client/package-lock.json`) runs a scenario through the facade: it loads the
 /// spec from `/ari/api-docs`, starts its app, answers an inbound call on node b and a call it

@@ -105,6 +105,17 @@ impl ExternalApps {
         self.holders.read().contains_key(name)
     }
 
+    /// Why `name` is the host's, not a facade client's: a wasm app's (or one draining), or the
+    /// host's own trunk-leg app. Clients may neither hold such a name nor change its event
+    /// filter or subscriptions, which the host's own calls depend on.
+    pub fn host_owned(&self, name: &str) -> Option<ClaimError> {
+        if name == TRUNK_APP {
+            return Some(ClaimError::Reserved(name.to_string()));
+        }
+        (self.catalog.get(name).is_some() || self.catalog.is_draining(name))
+            .then(|| ClaimError::WasmApp(name.to_string()))
+    }
+
     /// Takes `apps` for a new client. A previous holder of a name gets `ApplicationReplaced`
     /// for it and no more of its events. Refused, taking nothing, if any name belongs to a
     /// wasm app or to the host. Returns the subscription and the names that are new to the
@@ -117,11 +128,8 @@ impl ExternalApps {
             if name.is_empty() || name.contains(|c: char| c == ',' || c.is_whitespace()) {
                 return Err(ClaimError::InvalidName(name.clone()));
             }
-            if name == TRUNK_APP {
-                return Err(ClaimError::Reserved(name.clone()));
-            }
-            if self.catalog.get(name).is_some() || self.catalog.is_draining(name) {
-                return Err(ClaimError::WasmApp(name.clone()));
+            if let Some(e) = self.host_owned(name) {
+                return Err(e);
             }
         }
         let client = self.next_client.fetch_add(1, Ordering::Relaxed);

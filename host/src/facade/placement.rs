@@ -13,7 +13,9 @@
 //!   by name. Ids given in the request are recorded before it is sent, ids in the answer as
 //!   soon as it arrives.
 //! - `GET /channels`, `/bridges`, `/applications`, `/endpoints` merge every healthy node's
-//!   arrays; `POST|DELETE /applications/{app}/subscription` goes to every healthy node.
+//!   arrays; `POST|DELETE /applications/{app}/subscription` and
+//!   `PUT /applications/{app}/eventFilter` go to every healthy node. Changing either for an
+//!   app the host owns (a wasm app, the trunk app) is refused with 403 before placement.
 //! - Anything else (`/asterisk/…`, `/sounds`, `/deviceStates`, …) and ids no node has go to
 //!   the healthy nodes in turn, so an unknown id gets the node's own error, exactly as
 //!   Asterisk words it.
@@ -131,7 +133,9 @@ impl Placement {
         let one = |node| Ok(Target::One { node, record });
         match segments.as_slice() {
             ["channels" | "bridges" | "applications" | "endpoints"] if get => Ok(Target::Merge),
+            // An app hears every node, so what shapes its events applies on every node.
             ["applications", _, "subscription"] if !get => Ok(Target::All),
+            ["applications", _, "eventFilter"] if method == Method::PUT => Ok(Target::All),
             _ if record.is_some() && is_creation(method, &segments) => {
                 let node = self.least_loaded()?;
                 for id in given_ids(&segments, query) {

@@ -43,6 +43,19 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
     }
     let path = uri.path().strip_prefix("/ari").unwrap_or(uri.path());
     let query = strip_api_key(query);
+    if method != Method::GET
+        && let ["applications", app, "subscription" | "eventFilter"] =
+            path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
+        // Asterisk decodes the path: so must the check, or `%63onf` would pass for `conf`.
+        && let Some(why) = facade
+            .external
+            .host_owned(&percent_encoding::percent_decode_str(app).decode_utf8_lossy())
+    {
+        return message(
+            StatusCode::FORBIDDEN,
+            &format!("{why}: its event filter and subscriptions are the host's"),
+        );
+    }
     let asterisk_id = headers.get("x-asterisk-id").and_then(|v| v.to_str().ok());
     let target = match facade
         .placement
