@@ -508,6 +508,21 @@ async fn event_filters_apply_on_every_node_and_the_hosts_apps_are_not_the_client
     let start = next_of(&mut socket, "StasisStart").await;
     assert_eq!(start["channel"]["id"], on_b.as_str());
 
+    // A restarted node has forgotten the filter, and the client, whose socket to the facade
+    // stayed up, cannot know: the host sets it again.
+    let b = rig.node("b");
+    b.kill().await;
+    b.revive().await.expect("node b back");
+    let mut after = serde_json::Value::Null;
+    for _ in 0..200 {
+        after = filter_on("b", "ext").await;
+        if after == serde_json::json!([{"type": "StasisStart"}]) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(after, serde_json::json!([{"type": "StasisStart"}]));
+
     // The host's apps are not the client's: a wasm app's filter and subscriptions, and the
     // trunk app's, stay as the host set them, on every node.
     // Once the host has set conf's filter on both nodes (the app asks for no events).

@@ -149,6 +149,7 @@ impl Gateway {
                         node.clone(),
                         catalog.clone(),
                         runtime.watch_interests(),
+                        external.watch_filters(),
                     )));
                     tokio::spawn(ingress::run_node(
                         node.clone(),

@@ -14,9 +14,12 @@
 //! and those with calls in progress). One version that wants every type, or whose
 //! declaration is not known yet (it is asked in the version's first call), leaves the app
 //! unfiltered: a hot swap widens the filter at activation and narrows it once the new
-//! version has been asked. The host's trunk-leg app gets the host's kinds only. Filters are
-//! set on each node after every (re)connect, since a restarted node has forgotten them, again
-//! whenever the apps or their declarations change, and cleared for a name the host drops.
+//! version has been asked. The host's trunk-leg app gets the host's kinds only. A name an ARI
+//! facade client holds gets the filter that client set (the facade forwards it to every node
+//! and remembers it). Filters are set on each node after every (re)connect, since a
+//! restarted node has forgotten them (and a facade client, whose own socket stays up, cannot
+//! know to set its filter again), again whenever the apps, their declarations or the
+//! clients' filters change, and cleared for a name the host drops.
 //!
 //! Websocket nodes only: Asterisk checks the filter when it writes an event to an ARI
 //! websocket, not on the AMQP path. Dispatch filters again by the app's declaration anyway,
@@ -52,6 +55,9 @@ pub enum NodeFilter {
     All,
     /// Only events of these types.
     Allowed(BTreeSet<String>),
+    /// What an ARI facade client set for an app it holds: its request body, as the nodes
+    /// took it.
+    Client(serde_json::Value),
 }
 
 impl NodeFilter {
@@ -80,14 +86,19 @@ impl NodeFilter {
         let allowed: Vec<serde_json::Value> = match self {
             NodeFilter::All => Vec::new(),
             NodeFilter::Allowed(types) => types.iter().map(|t| json!({ "type": t })).collect(),
+            NodeFilter::Client(body) => return body.clone(),
         };
         json!({ "allowed": allowed, "disallowed": [] })
     }
 }
 
-/// The filter every subscribed app name needs now. Names with no version in use (nothing
-/// loaded yet) are left alone.
-pub fn desired(catalog: &Catalog) -> BTreeMap<String, NodeFilter> {
+/// The filter every subscribed app name needs now: the wasm apps', the trunk app's, and those
+/// facade clients set on the names they hold (`clients`). Names with no version in use
+/// (nothing loaded yet) and held names with no filter set are left alone.
+pub fn desired(
+    catalog: &Catalog,
+    clients: &BTreeMap<String, serde_json::Value>,
+) -> BTreeMap<String, NodeFilter> {
     let mut filters: BTreeMap<String, NodeFilter> = catalog
         .names()
         .into_iter()
@@ -97,11 +108,21 @@ pub fn desired(catalog: &Catalog) -> BTreeMap<String, NodeFilter> {
         })
         .collect();
     filters.insert(TRUNK_APP.to_string(), NodeFilter::for_versions(&[]));
+    for (name, body) in clients {
+        filters
+            .entry(name.clone())
+            .or_insert_with(|| NodeFilter::Client(body.clone()));
+    }
     filters
 }
 
 /// Keeps one websocket node's filters as [`desired`] says, until the host shuts down.
-pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: watch::Receiver<u64>) {
+pub async fn run_node(
+    node: Arc<Node>,
+    catalog: Arc<Catalog>,
+    mut interests: watch::Receiver<u64>,
+    mut clients: watch::Receiver<BTreeMap<String, serde_json::Value>>,
+) {
     let mut health = node.watch_health();
     let mut changes = catalog.watch_changes();
     loop {
@@ -114,7 +135,7 @@ pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: wat
         let mut applied: HashMap<String, NodeFilter> = HashMap::new();
         let mut retry_in = RETRY;
         loop {
-            let want = desired(&catalog);
+            let want = desired(&catalog, &clients.borrow_and_update());
             // A name no longer ours: clear its filter, since on Asterisk the filter belongs to
             // the app object, which can outlive our subscription and be taken by another
             // client (a facade client, say). The node may have dropped the app already.
@@ -182,6 +203,12 @@ pub async fn run_node(node: Arc<Node>, catalog: Arc<Catalog>, mut interests: wat
                         return;
                     }
                     interests.borrow_and_update();
+                    retry_in = RETRY;
+                }
+                changed = clients.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
                     retry_in = RETRY;
                 }
                 _ = retry => retry_in = (retry_in * 2).min(MAX_RETRY),

@@ -11,7 +11,7 @@
 //! Names are one namespace: a name a wasm app serves cannot be held by an external client,
 //! and the app store refuses uploads under a held name ([`ExternalApps::holds`]).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -50,6 +50,10 @@ pub struct ExternalApps {
     cluster: Arc<Cluster>,
     holders: RwLock<HashMap<String, Holder>>,
     names: watch::Sender<Vec<String>>,
+    /// The event filters clients set on held names (`PUT /applications/{app}/eventFilter`
+    /// bodies), which `node_filter` sets again on a node that (re)connects: the client's own
+    /// socket to the facade stays up while a node restarts, so the client never knows to.
+    filters: watch::Sender<BTreeMap<String, serde_json::Value>>,
     next_client: AtomicU64,
 }
 
@@ -91,6 +95,7 @@ impl ExternalApps {
             cluster,
             holders: RwLock::new(HashMap::new()),
             names: watch::channel(Vec::new()).0,
+            filters: watch::channel(BTreeMap::new()).0,
             next_client: AtomicU64::new(1),
         })
     }
@@ -103,6 +108,22 @@ impl ExternalApps {
     /// Whether an external client holds `name` (the app store refuses such uploads).
     pub fn holds(&self, name: &str) -> bool {
         self.holders.read().contains_key(name)
+    }
+
+    /// Remembers the event filter a client set on `app` (the request body the nodes took), if
+    /// a client holds `app`.
+    pub fn remember_filter(&self, app: &str, filter: serde_json::Value) {
+        if !self.holds(app) {
+            return;
+        }
+        self.filters.send_if_modified(|filters| {
+            filters.insert(app.to_string(), filter.clone()) != Some(filter)
+        });
+    }
+
+    /// The event filters clients set on the names they hold, as they change.
+    pub fn watch_filters(&self) -> watch::Receiver<BTreeMap<String, serde_json::Value>> {
+        self.filters.subscribe()
     }
 
     /// Why `name` is the host's, not a facade client's: a wasm app's (or one draining), or the
@@ -194,6 +215,12 @@ impl ExternalApps {
         }
         if holders.len() != before {
             self.publish(&holders);
+            // A released name's filter is forgotten (and cleared on the nodes by node_filter).
+            self.filters.send_if_modified(|filters| {
+                let before = filters.len();
+                filters.retain(|name, _| holders.contains_key(name));
+                filters.len() != before
+            });
         }
     }
 

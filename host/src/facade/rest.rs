@@ -107,7 +107,22 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
             }))
             .await;
             if matches!(target, Target::All) {
-                return answers.into_iter().next().map_or_else(
+                let first = answers.into_iter().next();
+                if let Some(Ok(answer)) = &first
+                    && (200..300).contains(&answer.status)
+                    && method == Method::PUT
+                    && let ["applications", app, "eventFilter"] = path
+                        .trim_matches('/')
+                        .split('/')
+                        .collect::<Vec<_>>()
+                        .as_slice()
+                {
+                    // Set again on nodes that (re)connect later (node_filter).
+                    let filter = serde_json::from_slice(&body).unwrap_or_default();
+                    let app = percent_encoding::percent_decode_str(app).decode_utf8_lossy();
+                    facade.external.remember_filter(&app, filter);
+                }
+                return first.map_or_else(
                     || placement_error(PlacementError::NoNode),
                     |a| a.map_or_else(ari_error, pass_through),
                 );
