@@ -714,7 +714,7 @@ pub fn conference_note(conferences: &Conferences, node: &str, event: &Event) -> 
 fn other(event: &Event) -> CallEvent {
     CallEvent::Other {
         kind: event.kind_name.clone(),
-        json: event.raw.clone(),
+        json: event.raw.as_str().into(),
     }
 }
 

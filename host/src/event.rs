@@ -6,10 +6,9 @@
 //! the envelope (`type`, `asterisk_id`, `application`) always, then a typed body only for
 //! the kinds the host acts on. Field names follow `ari-spec/events.json`.
 
-use std::sync::Arc;
-
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 use crate::rest_socket::RestResponse;
 
@@ -183,8 +182,10 @@ pub struct Event {
     /// The application the event is for; empty for events outside an app.
     pub application: String,
     pub kind: Kind,
-    /// The JSON exactly as the node sent it, for `on-event`.
-    pub raw: Arc<str>,
+    /// The JSON exactly as the node sent it, for `on-event` and facade clients: the text of
+    /// the websocket frame it came in, shared rather than copied (most events are never
+    /// read again, and a bridge event carries every member's id).
+    pub raw: Utf8Bytes,
 }
 
 /// One pass over the text of any event: the envelope and scalar fields are read, the
@@ -384,20 +385,30 @@ impl Event {
         Ok(event)
     }
 
-    /// Parses one event (a websocket message or an AMQP `data` object).
+    /// Parses one event (a websocket message or an AMQP `data` object); `raw` keeps a copy
+    /// of `text`.
     pub fn parse(text: &str) -> Result<Event, EventError> {
+        Event::parse_with(text, || text.into())
+    }
+
+    /// Parses one event; `raw` shares `text`.
+    pub fn parse_shared(text: &Utf8Bytes) -> Result<Event, EventError> {
+        Event::parse_with(text, || text.clone())
+    }
+
+    fn parse_with(text: &str, raw: impl FnOnce() -> Utf8Bytes) -> Result<Event, EventError> {
         if leading_type(text).is_some_and(|kind| HOST_EVENTS.contains(&kind))
             && let Ok(typed) = serde_json::from_str::<Typed>(text)
         {
-            return Event::from_parts(typed.into(), text);
+            return Event::from_parts(typed.into(), raw);
         }
         let wire: Wire = serde_json::from_str(text).map_err(EventError::NotJson)?;
-        Event::from_parts(wire.into(), text)
+        Event::from_parts(wire.into(), raw)
     }
 
     /// Parses what a node writes on its event websocket: an event, or the answer to a
-    /// request sent on the socket (`rest_socket`).
-    pub fn parse_incoming(text: &str) -> Result<Incoming, EventError> {
+    /// request sent on the socket (`rest_socket`). An event's `raw` shares `text`.
+    pub fn parse_incoming(text: &Utf8Bytes) -> Result<Incoming, EventError> {
         let is_answer = match leading_type(text) {
             Some(kind) => kind == REST_RESPONSE,
             None => {
@@ -413,10 +424,10 @@ impl Event {
                     source,
                 });
         }
-        Event::parse(text).map(|e| Incoming::Event(Box::new(e)))
+        Event::parse_shared(text).map(|e| Incoming::Event(Box::new(e)))
     }
 
-    fn from_parts(parts: Parts, text: &str) -> Result<Event, EventError> {
+    fn from_parts(parts: Parts, raw: impl FnOnce() -> Utf8Bytes) -> Result<Event, EventError> {
         let kind_name = parts.kind.ok_or(EventError::NoType)?;
         let malformed = |source| EventError::Malformed {
             kind: kind_name.clone(),
@@ -472,7 +483,7 @@ impl Event {
             asterisk_id: parts.asterisk_id,
             application: parts.application,
             kind,
-            raw: text.into(),
+            raw: raw(),
         })
     }
 
@@ -595,9 +606,19 @@ mod tests {
         // Answers to requests are told apart wherever their `type` is.
         let answer = r#"{"request_id":"3","status_code":204,"type":"RESTResponse"}"#;
         assert!(matches!(
-            Event::parse_incoming(answer),
+            Event::parse_incoming(&answer.into()),
             Ok(Incoming::RestResponse(r)) if r.request_id == "3"
         ));
+    }
+
+    #[test]
+    fn an_event_from_a_frame_shares_its_text() {
+        let frame = Utf8Bytes::from(START);
+        let Ok(Incoming::Event(e)) = Event::parse_incoming(&frame) else {
+            panic!("an event");
+        };
+        assert_eq!(&*e.raw, START);
+        assert_eq!(e.raw.as_ptr(), frame.as_ptr(), "the frame's bytes, not a copy");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
-use tokio_tungstenite::tungstenite::{self, Message};
+use tokio_tungstenite::tungstenite::{self, Message, Utf8Bytes};
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use tracing::{debug, error, info, warn};
 
@@ -341,7 +341,7 @@ async fn probe(
 
 /// Handles one text message: an event goes to dispatch, an answer to its request. Returns
 /// false once dispatch is gone.
-async fn incoming(node: &Arc<Node>, text: &str, tx: &mpsc::Sender<Intake>) -> bool {
+async fn incoming(node: &Arc<Node>, text: &Utf8Bytes, tx: &mpsc::Sender<Intake>) -> bool {
     match Event::parse_incoming(text) {
         Ok(Incoming::Event(event)) => tx
             .send(Intake::Event {
@@ -384,7 +384,7 @@ async fn pump(
                 last_heard = Instant::now();
                 match message {
                     Some(Ok(Message::Text(text))) => {
-                        if !incoming(node, text.as_str(), tx).await {
+                        if !incoming(node, &text, tx).await {
                             break "host shutting down".to_string();
                         }
                     }
@@ -448,7 +448,7 @@ async fn drain_then_close(node: &Arc<Node>, mut old: Connection, tx: &mpsc::Send
                 Ok(e) if matches!(e.kind, crate::event::Kind::ApplicationReplaced)
             );
             if !replaced {
-                incoming(node, text.as_str(), tx).await;
+                incoming(node, &text, tx).await;
             }
         }
     }

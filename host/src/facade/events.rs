@@ -23,6 +23,7 @@ use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::conference::TRUNK_APP;
 use crate::event::Event;
+use tokio_tungstenite::tungstenite::Utf8Bytes;
 
 /// Events queued per facade client before new ones are dropped (a client that stopped
 /// reading must not grow the host's memory without bound).
@@ -41,7 +42,7 @@ pub enum ClaimError {
 
 struct Holder {
     client: u64,
-    tx: mpsc::Sender<Arc<str>>,
+    tx: mpsc::Sender<Utf8Bytes>,
 }
 
 /// The registry of external app names; see the module docs.
@@ -73,7 +74,7 @@ pub struct Subscription {
     client: u64,
     apps: Vec<String>,
     /// The raw events of the held apps, then nothing once every name is replaced.
-    pub events: mpsc::Receiver<Arc<str>>,
+    pub events: mpsc::Receiver<Utf8Bytes>,
 }
 
 impl Subscription {

@@ -277,7 +277,12 @@ async fn pump(mut socket: WebSocket, mut subscription: Subscription) {
         tokio::select! {
             event = subscription.events.recv(), if holding => match event {
                 Some(raw) => {
-                    if socket.send(Message::Text(raw.as_ref().into())).await.is_err() {
+                    // The node's frame, passed on without a copy.
+                    let Ok(text) = axum::extract::ws::Utf8Bytes::try_from(bytes::Bytes::from(raw))
+                    else {
+                        continue;
+                    };
+                    if socket.send(Message::Text(text)).await.is_err() {
                         break;
                     }
                 }
