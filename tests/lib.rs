@@ -380,12 +380,22 @@ impl Relay {
     }
 }
 
-/// A private CA named `name` and a certificate it signed for `127.0.0.1` and `localhost`, as
-/// PEM files in `dir`, the way Asterisk's `ast_tls_cert` script makes them: returns the CA's
-/// file (for the host's `[tls] ca_file`) and the node's identity (for the simulator).
+/// A private CA named `name` and a certificate it signed for `127.0.0.1` and `localhost`
+/// (subjectAltName), as PEM files in `dir`: returns the CA's file (for the host's
+/// `[tls] ca_file`) and the node's identity (for the simulator).
 pub fn tls_files(
     dir: &std::path::Path,
     name: &str,
+) -> (std::path::PathBuf, stasis_sim::config::NodeTls) {
+    tls_files_naming(dir, name, &["127.0.0.1", "localhost"])
+}
+
+/// As [`tls_files`], with the node's certificate naming `names` in its subjectAltName; none:
+/// a certificate with a CN only, as Asterisk's `ast_tls_cert` script makes.
+pub fn tls_files_naming(
+    dir: &std::path::Path,
+    name: &str,
+    names: &[&str],
 ) -> (std::path::PathBuf, stasis_sim::config::NodeTls) {
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
     let ca_key = KeyPair::generate().expect("CA key");
@@ -395,9 +405,10 @@ pub fn tls_files(
         .push(DnType::CommonName, format!("{name} CA"));
     let ca = ca.self_signed(&ca_key).expect("CA certificate");
     let key = KeyPair::generate().expect("node key");
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])
-        .expect("node params");
-    leaf.distinguished_name.push(DnType::CommonName, "asterisk");
+    let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+    let mut leaf = CertificateParams::new(names).expect("node params");
+    leaf.distinguished_name
+        .push(DnType::CommonName, "127.0.0.1");
     let leaf = leaf
         .signed_by(&key, &ca, &ca_key)
         .expect("node certificate");

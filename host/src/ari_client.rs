@@ -302,6 +302,11 @@ fn transport_error(what: String, e: &(dyn std::error::Error + 'static)) -> AriEr
             .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut);
         source = s.source();
     }
+    if let Some(advice) = crate::tls::advice(e) {
+        text.push_str(" (");
+        text.push_str(advice);
+        text.push(')');
+    }
     if timed_out {
         AriError::Timeout(text)
     } else {

@@ -276,8 +276,8 @@ pub struct Config {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tls {
-    /// PEM file of the CA (or self-signed certificate) the nodes' certificates chain to,
-    /// trusted besides the system's roots.
+    /// PEM file of the CA certificate(s) the nodes' certificates chain to, trusted besides
+    /// the system's roots.
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
 }

@@ -618,7 +618,11 @@ mod tests {
             panic!("an event");
         };
         assert_eq!(&*e.raw, START);
-        assert_eq!(e.raw.as_ptr(), frame.as_ptr(), "the frame's bytes, not a copy");
+        assert_eq!(
+            e.raw.as_ptr(),
+            frame.as_ptr(),
+            "the frame's bytes, not a copy"
+        );
     }
 
     #[test]

@@ -66,6 +66,8 @@ enum ConnectError {
     Socket(#[from] tokio_tungstenite::tungstenite::Error),
     #[error("no app to subscribe")]
     NoApps,
+    #[error("opening the event websocket took longer than {0:?}")]
+    Timeout(Duration),
 }
 
 /// Runs the intake of one node until `tx` closes.
@@ -78,11 +80,15 @@ pub async fn run_node(
 ) {
     let backoff = reconnect_backoff(max_reconnect);
     let mut delays = backoff.build();
+    // The last reason the node could not be reached: a new reason is a warning (an untrusted
+    // certificate, wrong credentials), the same one again while retrying is not.
+    let mut unreachable: Option<String> = None;
     loop {
         let names = apps.borrow_and_update().clone();
         match connect(&node, &cluster, &names).await {
             Ok(socket) => {
                 delays = backoff.build();
+                unreachable = None;
                 info!(node = %node.name, apps = ?names, "event connection up");
                 node.set_health(Health::Up);
                 if tx.send(Intake::NodeUp(node.clone())).await.is_err() {
@@ -107,7 +113,16 @@ pub async fn run_node(
                 node.set_health(Health::Refused);
             }
             Err(e) => {
-                debug!(node = %node.name, error = %e, "node not reachable yet");
+                let mut reason = e.to_string();
+                if let Some(advice) = crate::tls::advice(&e) {
+                    reason = format!("{reason} ({advice})");
+                }
+                if unreachable.as_ref() != Some(&reason) {
+                    warn!(node = %node.name, error = %reason, "node not reachable");
+                } else {
+                    debug!(node = %node.name, error = %reason, "node not reachable yet");
+                }
+                unreachable = Some(reason);
                 if node.health() == Health::Up {
                     node.set_health(Health::Down);
                 }
@@ -167,9 +182,14 @@ async fn open_socket(node: &Node, apps: &[String]) -> Result<Socket, ConnectErro
     // No Nagle: requests go out on this socket too, each a small frame that must not wait
     // for the node's delayed ACK.
     let tls = tokio_tungstenite::Connector::Rustls(node.client.tls().clone());
-    let (socket, _) =
-        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(tls))
-            .await?;
+    // Bounded: a node that accepts the connection and then stalls (in the TLS handshake, say)
+    // must not hold its intake forever.
+    let limit = node.client.timeout();
+    let open =
+        tokio_tungstenite::connect_async_tls_with_config(request, Some(config), true, Some(tls));
+    let (socket, _) = tokio::time::timeout(limit, open)
+        .await
+        .map_err(|_| ConnectError::Timeout(limit))??;
     Ok(socket)
 }
 
@@ -244,6 +264,9 @@ async fn writer<S>(
         let Some(first) = first else { break };
         // Let every task already runnable (the calls woken by the frames just read) queue its
         // request first, so that one flush carries them all: one send instead of one each.
+        // tokio resumes a yielded task once its worker's queue is empty, or at its next
+        // maintenance (every 61 polls), whichever comes first: a request waits for at most
+        // the tasks that were ready before it, as it would without tokio's LIFO slot.
         tokio::task::yield_now().await;
         let mut next = Some(first);
         while let Some(out) = next.take() {

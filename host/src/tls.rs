@@ -3,9 +3,10 @@
 //! One client configuration for the whole cluster, shared by the request pools, the event
 //! sockets and the facade's pass-through: the nodes of one cluster are normally issued
 //! certificates by one CA. It trusts the system's roots plus, when `[tls] ca_file` names one,
-//! a PEM bundle: Asterisk's own `ast_tls_cert` script makes a private CA, and a self-signed
-//! certificate can be listed there as its own CA. Certificates are always verified; there is
-//! no setting that turns verification off.
+//! the CA certificates of a PEM bundle (a private CA's). A node's certificate must name the
+//! host of its URL in its subjectAltName, as webpki requires: a CN alone (what Asterisk's
+//! `ast_tls_cert` makes) is refused, and [`advice`] says so in the error. Certificates are
+//! always verified; there is no setting that turns verification off.
 //!
 //! ring is the one crypto provider, chosen here rather than process-wide, so nothing depends
 //! on which crate installs a default first.
@@ -75,6 +76,42 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// What to do about a certificate the host refused, for error messages: the reason rustls
+/// gives (`UnknownIssuer`, `NotValidForName`) says what, not why.
+pub fn advice(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
+    use rustls::CertificateError::*;
+    let mut source = Some(error);
+    while let Some(e) = source {
+        // An io::Error hides the error it wraps from `source()` (it skips to that error's own
+        // source), and connectors wrap rustls's error in one or two of them.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            source = Some(inner as &(dyn std::error::Error + 'static));
+            continue;
+        }
+        if let Some(rustls::Error::InvalidCertificate(cert)) = e.downcast_ref::<rustls::Error>() {
+            return Some(match cert {
+                UnknownIssuer | BadSignature | UnhandledCriticalExtension => {
+                    "the node's certificate is not signed by a CA the host trusts: \
+                     set [tls] ca_file to the CA that signed it"
+                }
+                NotValidForName | NotValidForNameContext { .. } => {
+                    "the node's certificate must name the host of its ari_url in its \
+                     subjectAltName; a CN alone, as Asterisk's ast_tls_cert makes, is not enough"
+                }
+                Expired | ExpiredContext { .. } | NotValidYet | NotValidYetContext { .. } => {
+                    "the node's certificate is outside its validity period"
+                }
+                _ => "the node's certificate was refused",
+            });
+        }
+        source = e.source();
+    }
+    None
 }
 
 #[cfg(test)]

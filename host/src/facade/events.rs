@@ -111,10 +111,13 @@ impl ExternalApps {
         self.holders.read().contains_key(name)
     }
 
-    /// Remembers the event filter a client set on `app` (the request body the nodes took), if
-    /// a client holds `app`.
+    /// Remembers the event filter a client set on `app` (both lists, as a node reported them
+    /// after taking the client's request), if a client holds `app`.
     pub fn remember_filter(&self, app: &str, filter: serde_json::Value) {
-        if !self.holds(app) {
+        // Under the holders' lock, so a release cannot slip in between and leave a filter for
+        // a name nobody holds.
+        let holders = self.holders.read();
+        if !holders.contains_key(app) {
             return;
         }
         self.filters.send_if_modified(|filters| {
@@ -147,7 +150,13 @@ impl ExternalApps {
         apps: &[String],
     ) -> Result<(Subscription, Vec<String>), ClaimError> {
         for name in apps {
-            if name.is_empty() || name.contains(|c: char| c == ',' || c.is_whitespace()) {
+            // `,` separates names in `app=`; `/ ? # %` would change the paths the host sets
+            // the name's event filter with.
+            if name.is_empty()
+                || name.contains(|c: char| {
+                    matches!(c, ',' | '/' | '?' | '#' | '%') || c.is_whitespace()
+                })
+            {
                 return Err(ClaimError::InvalidName(name.clone()));
             }
             if let Some(e) = self.host_owned(name) {
@@ -200,7 +209,10 @@ impl ExternalApps {
         let Some(holder) = holders.get(&event.application) else {
             return false;
         };
-        if let Err(mpsc::error::TrySendError::Full(_)) = holder.tx.try_send(event.raw.clone()) {
+        // A copy: the frame's bytes share the read buffer they were cut from, which a queue
+        // of a slow client would keep alive whole, one buffer per queued event.
+        let text = Utf8Bytes::from(event.raw.as_str());
+        if let Err(mpsc::error::TrySendError::Full(_)) = holder.tx.try_send(text) {
             warn!(app = %event.application, kind = %event.kind_name, "facade client not reading: event dropped");
         }
         true

@@ -43,13 +43,26 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
     }
     let path = uri.path().strip_prefix("/ari").unwrap_or(uri.path());
     let query = strip_api_key(query);
+    // An app's subscriptions or event filter. Asterisk decodes every path segment before it
+    // matches a handler, so the check does too: `%63onf` is `conf`, `%65ventFilter` is
+    // `eventFilter`.
+    let segments: Vec<std::borrow::Cow<str>> = path
+        .trim_matches('/')
+        .split('/')
+        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
+        .collect();
+    let app_setting = match segments.as_slice() {
+        [applications, app, what]
+            if applications == "applications"
+                && (what == "subscription" || what == "eventFilter") =>
+        {
+            Some((app.as_ref(), what.as_ref()))
+        }
+        _ => None,
+    };
     if method != Method::GET
-        && let ["applications", app, "subscription" | "eventFilter"] =
-            path.trim_matches('/').split('/').collect::<Vec<_>>().as_slice()
-        // Asterisk decodes the path: so must the check, or `%63onf` would pass for `conf`.
-        && let Some(why) = facade
-            .external
-            .host_owned(&percent_encoding::percent_decode_str(app).decode_utf8_lossy())
+        && let Some((app, _)) = app_setting
+        && let Some(why) = facade.external.host_owned(app)
     {
         return message(
             StatusCode::FORBIDDEN,
@@ -107,22 +120,28 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
             }))
             .await;
             if matches!(target, Target::All) {
-                let first = answers.into_iter().next();
-                if let Some(Ok(answer)) = &first
-                    && (200..300).contains(&answer.status)
+                // Applied where any node took it (a node that refused, say one that has not
+                // registered the app yet, gets it from node_filter later): that node's answer.
+                // Otherwise the first node's.
+                let accepted = answers
+                    .iter()
+                    .position(|a| matches!(a, Ok(r) if (200..300).contains(&r.status)));
+                if let Some(i) = accepted
                     && method == Method::PUT
-                    && let ["applications", app, "eventFilter"] = path
-                        .trim_matches('/')
-                        .split('/')
-                        .collect::<Vec<_>>()
-                        .as_slice()
+                    && let Some((app, "eventFilter")) = app_setting
+                    && let Ok(Ok(application)) = answers[i]
+                        .as_ref()
+                        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body))
                 {
-                    // Set again on nodes that (re)connect later (node_filter).
-                    let filter = serde_json::from_slice(&body).unwrap_or_default();
-                    let app = percent_encoding::percent_decode_str(app).decode_utf8_lossy();
-                    facade.external.remember_filter(&app, filter);
+                    // The filter as the node now has it (a body may change one list only),
+                    // set again on nodes that (re)connect later (node_filter).
+                    let filter = serde_json::json!({
+                        "allowed": application["events_allowed"],
+                        "disallowed": application["events_disallowed"],
+                    });
+                    facade.external.remember_filter(app, filter);
                 }
-                return first.map_or_else(
+                return answers.into_iter().nth(accepted.unwrap_or(0)).map_or_else(
                     || placement_error(PlacementError::NoNode),
                     |a| a.map_or_else(ari_error, pass_through),
                 );
