@@ -467,7 +467,7 @@ async fn drain_then_close(node: &Arc<Node>, mut old: Connection, tx: &mpsc::Send
         if let Message::Text(text) = message {
             // The node told the old socket its apps moved; the new socket has them.
             let replaced = matches!(
-                Event::parse(text.as_str()),
+                Event::parse_shared(&text),
                 Ok(e) if matches!(e.kind, crate::event::Kind::ApplicationReplaced)
             );
             if !replaced {

@@ -95,7 +95,7 @@ pub fn advice(error: &(dyn std::error::Error + 'static)) -> Option<&'static str>
         }
         if let Some(rustls::Error::InvalidCertificate(cert)) = e.downcast_ref::<rustls::Error>() {
             return Some(match cert {
-                UnknownIssuer | BadSignature | UnhandledCriticalExtension => {
+                UnknownIssuer => {
                     "the node's certificate is not signed by a CA the host trusts: \
                      set [tls] ca_file to the CA that signed it"
                 }
