@@ -188,25 +188,31 @@ pub struct Event {
     pub raw: Utf8Bytes,
 }
 
-/// One pass over the text of any event: the envelope and scalar fields are read, the
-/// objects the host may need (`channel`, `bridge`, `playback`) are only delimited, then
-/// parsed on demand. Events are the host's hottest input (every event of every call, and an
-/// unfiltered node sends one ChannelVarset per bridge member on every join), so no
-/// `serde_json::Value` tree is built; the kinds the host acts on take the [`Typed`] pass.
+/// One pass over the text of an event: the envelope and scalar fields, and the objects the
+/// host may need (`channel`, `bridge`, `playback`) held as `C`, `B`, `P`. Events are the
+/// host's hottest input (every event of every call, and an unfiltered node sends one
+/// ChannelVarset per bridge member on every join), so no `serde_json::Value` tree is built.
+/// Two passes use it:
+/// - [`Typed`], for the kinds the host acts on (chosen by the event's leading `type`, which
+///   Asterisk writes first): their sub-objects are always needed, so they are parsed as they
+///   are met rather than delimited and walked again;
+/// - [`Wire`], for anything else and for any error of the first pass: the sub-objects are
+///   only delimited, then parsed on demand, and errors are classified.
 #[derive(Deserialize)]
-struct Wire<'a> {
+#[serde(bound(deserialize = "C: Deserialize<'de>, B: Deserialize<'de>, P: Deserialize<'de>"))]
+struct Envelope<C, B, P> {
     #[serde(rename = "type")]
     kind: Option<String>,
     #[serde(default)]
     asterisk_id: String,
     #[serde(default)]
     application: String,
-    #[serde(borrow, default)]
-    channel: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    bridge: Option<&'a RawValue>,
-    #[serde(borrow, default)]
-    playback: Option<&'a RawValue>,
+    #[serde(default)]
+    channel: Option<C>,
+    #[serde(default)]
+    bridge: Option<B>,
+    #[serde(default)]
+    playback: Option<P>,
     #[serde(default)]
     args: Option<Vec<String>>,
     #[serde(default)]
@@ -215,31 +221,8 @@ struct Wire<'a> {
     duration_ms: Option<u32>,
 }
 
-/// The kinds the host acts on, in one pass: their sub-objects are always needed, so they are
-/// parsed as they are met rather than delimited and walked again. Chosen by the event's
-/// leading `type` (Asterisk writes it first); any error goes to the [`Wire`] path, which
-/// classifies it.
-#[derive(Deserialize)]
-struct Typed {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    #[serde(default)]
-    asterisk_id: String,
-    #[serde(default)]
-    application: String,
-    #[serde(default)]
-    channel: Option<Channel>,
-    #[serde(default)]
-    bridge: Option<Bridge>,
-    #[serde(default)]
-    playback: Option<Playback>,
-    #[serde(default)]
-    args: Option<Vec<String>>,
-    #[serde(default)]
-    digit: Option<String>,
-    #[serde(default)]
-    duration_ms: Option<u32>,
-}
+type Wire<'a> = Envelope<&'a RawValue, &'a RawValue, &'a RawValue>;
+type Typed = Envelope<Channel, Bridge, Playback>;
 
 /// A sub-object as a parse pass left it.
 enum Sub<'a, T> {
@@ -248,13 +231,38 @@ enum Sub<'a, T> {
     Absent,
 }
 
-impl<'a, T: serde::de::DeserializeOwned> Sub<'a, T> {
-    fn from_typed(value: Option<T>) -> Self {
-        value.map_or(Sub::Absent, Sub::Typed)
-    }
+/// How a parse pass holds a sub-object: parsed, or only delimited.
+trait Held<'a, T> {
+    fn held(self) -> Sub<'a, T>;
+}
 
-    fn from_raw(raw: Option<&'a RawValue>) -> Self {
-        raw.map_or(Sub::Absent, Sub::Raw)
+impl<'a, T> Held<'a, T> for &'a RawValue {
+    fn held(self) -> Sub<'a, T> {
+        Sub::Raw(self)
+    }
+}
+
+impl<'a> Held<'a, Channel> for Channel {
+    fn held(self) -> Sub<'a, Channel> {
+        Sub::Typed(self)
+    }
+}
+
+impl<'a> Held<'a, Bridge> for Bridge {
+    fn held(self) -> Sub<'a, Bridge> {
+        Sub::Typed(self)
+    }
+}
+
+impl<'a> Held<'a, Playback> for Playback {
+    fn held(self) -> Sub<'a, Playback> {
+        Sub::Typed(self)
+    }
+}
+
+impl<'a, T: serde::de::DeserializeOwned> Sub<'a, T> {
+    fn of(value: Option<impl Held<'a, T>>) -> Self {
+        value.map_or(Sub::Absent, Held::held)
     }
 
     fn is_present(&self) -> bool {
@@ -300,34 +308,23 @@ struct Parts<'a> {
     duration_ms: Option<u32>,
 }
 
-impl<'a> From<Wire<'a>> for Parts<'a> {
-    fn from(w: Wire<'a>) -> Self {
+impl<'a, C, B, P> From<Envelope<C, B, P>> for Parts<'a>
+where
+    C: Held<'a, Channel>,
+    B: Held<'a, Bridge>,
+    P: Held<'a, Playback>,
+{
+    fn from(e: Envelope<C, B, P>) -> Self {
         Parts {
-            kind: w.kind,
-            asterisk_id: w.asterisk_id,
-            application: w.application,
-            channel: Sub::from_raw(w.channel),
-            bridge: Sub::from_raw(w.bridge),
-            playback: Sub::from_raw(w.playback),
-            args: w.args,
-            digit: w.digit,
-            duration_ms: w.duration_ms,
-        }
-    }
-}
-
-impl From<Typed> for Parts<'_> {
-    fn from(t: Typed) -> Self {
-        Parts {
-            kind: t.kind,
-            asterisk_id: t.asterisk_id,
-            application: t.application,
-            channel: Sub::from_typed(t.channel),
-            bridge: Sub::from_typed(t.bridge),
-            playback: Sub::from_typed(t.playback),
-            args: t.args,
-            digit: t.digit,
-            duration_ms: t.duration_ms,
+            kind: e.kind,
+            asterisk_id: e.asterisk_id,
+            application: e.application,
+            channel: Sub::of(e.channel),
+            bridge: Sub::of(e.bridge),
+            playback: Sub::of(e.playback),
+            args: e.args,
+            digit: e.digit,
+            duration_ms: e.duration_ms,
         }
     }
 }

@@ -43,14 +43,17 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
     }
     let path = uri.path().strip_prefix("/ari").unwrap_or(uri.path());
     let query = strip_api_key(query);
-    // An app's subscriptions or event filter. Asterisk decodes every path segment before it
-    // matches a handler, so the check does too: `%63onf` is `conf`, `%65ventFilter` is
-    // `eventFilter`.
-    let segments: Vec<std::borrow::Cow<str>> = path
-        .trim_matches('/')
-        .split('/')
-        .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
-        .collect();
+    // A change to an app's subscriptions or event filter (a GET, most of the traffic, skips
+    // this). Asterisk decodes every path segment before it matches a handler, so the check
+    // does too: `%63onf` is `conf`, `%65ventFilter` is `eventFilter`.
+    let segments: Vec<std::borrow::Cow<str>> = if method == Method::GET {
+        Vec::new()
+    } else {
+        path.trim_matches('/')
+            .split('/')
+            .map(|s| percent_encoding::percent_decode_str(s).decode_utf8_lossy())
+            .collect()
+    };
     let app_setting = match segments.as_slice() {
         [applications, app, what]
             if applications == "applications"
@@ -60,8 +63,7 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
         }
         _ => None,
     };
-    if method != Method::GET
-        && let Some((app, _)) = app_setting
+    if let Some((app, _)) = app_setting
         && let Some(why) = facade.external.host_owned(app)
     {
         return message(
