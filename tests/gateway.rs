@@ -792,33 +792,10 @@ async fn set_filter(rig: &Rig, node: &str, app: &str, allowed: &[&str]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_hidden_by_an_event_filter_send_requests_back_to_http_until_they_pass_again() {
+    use stasis_host::event::{HOST_EVENTS, REST_RESPONSE};
     let rig = Rig::start(1, &[("conf", "conference")]).await;
     let a = rig.node("a");
     let client = rig.host.cluster.node("a").unwrap().client.clone();
-    wait_for("node a takes requests on its socket", || {
-        client.socket().is_ready()
-    })
-    .await;
-    let mut host_kinds: Vec<&str> = stasis_host::event::HOST_EVENTS.to_vec();
-
-    // Another client's filter on the app leaves answers out: they still arrive, since they
-    // come as events of the socket's first app, the host's own trunk app.
-    set_filter(&rig, "a", "conf", &host_kinds).await;
-    let first = rig.call("a", "Alice", "8000");
-    wait_for("bridged", || in_bridge(&a, &first, "conf")).await;
-    assert!(client.socket().is_ready());
-
-    // Hiding them on the trunk app too: the next request waits in vain, then requests go over
-    // HTTP while the node does not answer on the socket.
-    set_filter(&rig, "a", "stasis-trunk", &host_kinds).await;
-    let lost = client
-        .call(reqwest::Method::GET, "/asterisk/ping", &[], None)
-        .await
-        .unwrap_err();
-    assert!(matches!(lost, AriError::Timeout(_)), "{lost:?}");
-    assert!(!client.socket().is_ready());
-    let second = rig.call("a", "Bob", "8000");
-    wait_for("bridged over HTTP", || in_bridge(&a, &second, "conf")).await;
     let over = |id: &str| -> Vec<bool> {
         a.request_log()
             .iter()
@@ -826,18 +803,57 @@ async fn answers_hidden_by_an_event_filter_send_requests_back_to_http_until_they
             .map(|r| r.over_websocket)
             .collect()
     };
-    assert_eq!(over(&second), [false, false]);
+    let mut host_kinds: Vec<String> = HOST_EVENTS.iter().map(|k| k.to_string()).collect();
+
+    // The host sets its own filters once conf's first call has told what conf wants; only
+    // after that do the filters below stay as this test sets them.
+    wait_for("node a takes requests on its socket", || {
+        client.socket().is_ready()
+    })
+    .await;
+    let first = rig.call("a", "Alice", "8000");
+    wait_for("bridged", || in_bridge(&a, &first, "conf")).await;
+    let mut hosts = host_kinds.clone();
+    hosts.push(REST_RESPONSE.to_string());
+    hosts.sort();
+    wait_until_filter(&rig, "a", "stasis-trunk", &hosts).await;
+    wait_until_filter(&rig, "a", "conf", &hosts).await;
+
+    // Another client's filter on the app leaves answers out: they still arrive, since they
+    // come as events of the socket's first app, the host's own trunk app.
+    let host_refs: Vec<&str> = host_kinds.iter().map(String::as_str).collect();
+    set_filter(&rig, "a", "conf", &host_refs).await;
+    let second = rig.call("a", "Bob", "8000");
+    wait_for("bridged", || in_bridge(&a, &second, "conf")).await;
+    assert_eq!(over(&second), [true, true]);
+    assert!(client.socket().is_ready());
+
+    // Hiding them on the trunk app too: the next request waits in vain, then requests go over
+    // HTTP while the node does not answer on the socket. (Once every earlier answer is in:
+    // a request left waiting would send the probe to HTTP as a backed-up socket does.)
+    wait_for("every answer in", || client.socket().in_flight() == 0).await;
+    set_filter(&rig, "a", "stasis-trunk", &host_refs).await;
+    let lost = client
+        .call(reqwest::Method::GET, "/asterisk/ping", &[], None)
+        .await
+        .unwrap_err();
+    assert!(matches!(lost, AriError::Timeout(_)), "{lost:?}");
+    assert!(!client.socket().is_ready());
+    let third = rig.call("a", "Carol", "8000");
+    wait_for("bridged over HTTP", || in_bridge(&a, &third, "conf")).await;
+    assert_eq!(over(&third), [false, false]);
 
     // Once answers pass again, a probe finds it and requests return to the socket.
-    host_kinds.push("RESTResponse");
-    set_filter(&rig, "a", "stasis-trunk", &host_kinds).await;
+    host_kinds.push(REST_RESPONSE.to_string());
+    let host_refs: Vec<&str> = host_kinds.iter().map(String::as_str).collect();
+    set_filter(&rig, "a", "stasis-trunk", &host_refs).await;
     wait_for("node a takes requests on its socket again", || {
         client.socket().is_ready()
     })
     .await;
-    let third = rig.call("a", "Carol", "8000");
-    wait_for("bridged", || in_bridge(&a, &third, "conf")).await;
-    assert_eq!(over(&third), [true, true]);
+    let fourth = rig.call("a", "Dave", "8000");
+    wait_for("bridged", || in_bridge(&a, &fourth, "conf")).await;
+    assert_eq!(over(&fourth), [true, true]);
     rig.stop().await;
 }
 

@@ -366,6 +366,11 @@ impl RestSocket {
         self.inner.lock().lane.as_ref().is_some_and(|l| l.ready)
     }
 
+    /// How many requests sent on the socket still wait for their answer.
+    pub fn in_flight(&self) -> usize {
+        self.inner.lock().pending.len()
+    }
+
     /// Sends the probe on the socket of `generation` and, if the node answers within
     /// `wait`, lets requests use that socket. Returns whether it did.
     pub async fn probe(self: &Arc<Self>, generation: u64, wait: Duration) -> bool {
