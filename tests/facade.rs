@@ -494,34 +494,72 @@ async fn event_filters_apply_on_every_node_and_the_hosts_apps_are_not_the_client
             .send()
     };
 
-    // The client's filter on its app reaches both nodes: calls on either are filtered alike.
+    // The client's filter on its app reaches both nodes, with the kinds the host itself needs
+    // (a call's end, for one) let through; the client reads back the filter it set.
     let answer = put_filter("ext").await.expect("facade answers");
     assert_eq!(answer.status().as_u16(), 200);
+    let application: serde_json::Value = answer.json().await.unwrap();
+    assert_eq!(
+        application["events_allowed"],
+        serde_json::json!([{"type": "StasisStart"}])
+    );
+    let (status, read_back) = rig.request(reqwest::Method::GET, "/applications/ext").await;
+    assert_eq!(status, 200);
+    let read_back: serde_json::Value = serde_json::from_str(&read_back).unwrap();
+    assert_eq!(read_back["events_allowed"], application["events_allowed"]);
+    let on_nodes = |allowed: &serde_json::Value| -> Vec<String> {
+        let mut types: Vec<String> = allowed
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["type"].as_str().map(str::to_string))
+            .collect();
+        types.sort();
+        types
+    };
+    let mut widened: Vec<String> = stasis_host::event::HOST_EVENTS
+        .iter()
+        .map(|k| k.to_string())
+        .collect();
+    widened.sort();
     for node in ["a", "b"] {
         assert_eq!(
-            filter_on(node, "ext").await,
-            serde_json::json!([{"type": "StasisStart"}]),
+            on_nodes(&filter_on(node, "ext").await),
+            widened,
             "node {node}"
         );
     }
+    // Calls on either node are filtered alike: the client hears StasisStart only, and the
+    // host still hears the call end and forgets its channel.
     let on_b = inject(&rig, "b", "7000");
     let start = next_of(&mut socket, "StasisStart").await;
     assert_eq!(start["channel"]["id"], on_b.as_str());
+    assert_eq!(rig.host.ownership.channel_node(&on_b).as_deref(), Some("b"));
+    rig.node("b").hangup_far_end(&on_b, None).unwrap();
+    wait_for("b's channel forgotten", || {
+        rig.host.ownership.channel_node(&on_b).is_none()
+    })
+    .await;
+    let heard = quiet(&mut socket, 300).await;
+    assert!(heard.is_empty(), "the client's filter holds: {heard:?}");
+    let on_a = inject(&rig, "a", "7000");
+    let start = next_of(&mut socket, "StasisStart").await;
+    assert_eq!(start["channel"]["id"], on_a.as_str());
 
     // A restarted node has forgotten the filter, and the client, whose socket to the facade
     // stayed up, cannot know: the host sets it again.
     let b = rig.node("b");
     b.kill().await;
     b.revive().await.expect("node b back");
-    let mut after = serde_json::Value::Null;
+    let mut after = Vec::new();
     for _ in 0..200 {
-        after = filter_on("b", "ext").await;
-        if after == serde_json::json!([{"type": "StasisStart"}]) {
+        after = on_nodes(&filter_on("b", "ext").await);
+        if after == widened {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(after, serde_json::json!([{"type": "StasisStart"}]));
+    assert_eq!(after, widened);
 
     // The host's apps are not the client's: a wasm app's filter and subscriptions, and the
     // trunk app's, stay as the host set them, on every node.

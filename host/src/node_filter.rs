@@ -15,8 +15,8 @@
 //! declaration is not known yet (it is asked in the version's first call), leaves the app
 //! unfiltered: a hot swap widens the filter at activation and narrows it once the new
 //! version has been asked. The host's trunk-leg app gets the host's kinds only. A name an ARI
-//! facade client holds gets the filter that client set (the facade forwards it to every node
-//! and remembers it). Filters are set on each node after every (re)connect, since a
+//! facade client holds gets the filter that client set, widened by the host's kinds (the
+//! facade forwards it to every node and remembers it; see `facade::filter`). Filters are set on each node after every (re)connect, since a
 //! restarted node has forgotten them (and a facade client, whose own socket stays up, cannot
 //! know to set its filter again), again whenever the apps, their declarations or the
 //! clients' filters change, and cleared for a name the host drops.
@@ -55,8 +55,8 @@ pub enum NodeFilter {
     All,
     /// Only events of these types.
     Allowed(BTreeSet<String>),
-    /// What an ARI facade client set for an app it holds: its request body, as the nodes
-    /// took it.
+    /// What an ARI facade client set for an app it holds, widened by the host's kinds: the
+    /// request body that sets it.
     Client(serde_json::Value),
 }
 

@@ -19,6 +19,7 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
+use super::filter::ClientFilter;
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::conference::TRUNK_APP;
@@ -43,6 +44,9 @@ pub enum ClaimError {
 struct Holder {
     client: u64,
     tx: mpsc::Sender<Utf8Bytes>,
+    /// The event filter the client set on the name (the nodes hold it widened, see
+    /// [`super::filter`]). It belongs to the name, as on Asterisk: a takeover keeps it.
+    filter: ClientFilter,
 }
 
 /// The registry of external app names; see the module docs.
@@ -51,9 +55,10 @@ pub struct ExternalApps {
     cluster: Arc<Cluster>,
     holders: RwLock<HashMap<String, Holder>>,
     names: watch::Sender<Vec<String>>,
-    /// The event filters clients set on held names (`PUT /applications/{app}/eventFilter`
-    /// bodies), which `node_filter` sets again on a node that (re)connects: the client's own
-    /// socket to the facade stays up while a node restarts, so the client never knows to.
+    /// The event filters the nodes hold for held names (the clients' filters widened by the
+    /// host's kinds), which `node_filter` sets again on a node that (re)connects: the
+    /// client's own socket to the facade stays up while a node restarts, so the client never
+    /// knows to.
     filters: watch::Sender<BTreeMap<String, serde_json::Value>>,
     next_client: AtomicU64,
 }
@@ -111,21 +116,28 @@ impl ExternalApps {
         self.holders.read().contains_key(name)
     }
 
-    /// Remembers the event filter a client set on `app` (both lists, as a node reported them
-    /// after taking the client's request), if a client holds `app`.
-    pub fn remember_filter(&self, app: &str, filter: serde_json::Value) {
+    /// The event filter a client set on `app`, if a client holds `app`.
+    pub fn client_filter(&self, app: &str) -> Option<ClientFilter> {
+        self.holders.read().get(app).map(|h| h.filter.clone())
+    }
+
+    /// Remembers the event filter a client set on `app` (as the nodes now hold it, widened),
+    /// if a client holds `app`.
+    pub fn remember_filter(&self, app: &str, filter: ClientFilter) {
         // Under the holders' lock, so a release cannot slip in between and leave a filter for
         // a name nobody holds.
-        let holders = self.holders.read();
-        if !holders.contains_key(app) {
+        let mut holders = self.holders.write();
+        let Some(holder) = holders.get_mut(app) else {
             return;
-        }
+        };
+        let for_nodes = filter.for_nodes();
+        holder.filter = filter;
         self.filters.send_if_modified(|filters| {
-            filters.insert(app.to_string(), filter.clone()) != Some(filter)
+            filters.insert(app.to_string(), for_nodes.clone()) != Some(for_nodes)
         });
     }
 
-    /// The event filters clients set on the names they hold, as they change.
+    /// The event filters the nodes hold for the names clients hold, as they change.
     pub fn watch_filters(&self) -> watch::Receiver<BTreeMap<String, serde_json::Value>> {
         self.filters.subscribe()
     }
@@ -170,14 +182,23 @@ impl ExternalApps {
         {
             let mut holders = self.holders.write();
             for name in apps {
+                let filter = holders
+                    .get(name)
+                    .map(|old| old.filter.clone())
+                    .unwrap_or_default();
                 match holders.insert(
                     name.clone(),
                     Holder {
                         client,
                         tx: tx.clone(),
+                        filter,
                     },
                 ) {
-                    Some(old) => replaced.push((name.clone(), old.tx)),
+                    // Asterisk filters this event too (by the name's filter, which stays).
+                    Some(old) if old.filter.allows("ApplicationReplaced") => {
+                        replaced.push((name.clone(), old.tx))
+                    }
+                    Some(_) => {}
                     None => fresh.push(name.clone()),
                 }
             }
@@ -209,6 +230,10 @@ impl ExternalApps {
         let Some(holder) = holders.get(&event.application) else {
             return false;
         };
+        // The nodes send the host's kinds whatever the client's filter says.
+        if !holder.filter.allows(&event.kind_name) {
+            return true;
+        }
         // A copy: the frame's bytes share the read buffer they were cut from, which a queue
         // of a slow client would keep alive whole, one buffer per queued event.
         let text = Utf8Bytes::from(event.raw.as_str());

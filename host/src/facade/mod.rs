@@ -19,6 +19,7 @@
 //! app store refuses an upload under a name a facade client holds.
 
 pub mod events;
+pub mod filter;
 pub mod placement;
 pub mod rest;
 pub mod upstream;

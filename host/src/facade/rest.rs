@@ -15,6 +15,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::future::join_all;
 
 use super::Facade;
+use super::filter::Entity;
 use super::placement::{PlacementError, Target};
 use super::upstream::RawResponse;
 use crate::backend::AriError;
@@ -71,6 +72,23 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
             &format!("{why}: its event filter and subscriptions are the host's"),
         );
     }
+    let mut content_type = headers.get(header::CONTENT_TYPE).cloned();
+    let mut body = body;
+    // A client's filter on a name it holds: the nodes get it widened by the host's kinds,
+    // whose events the host needs whatever the client wants to hear (see `filter`).
+    let client_filter = match app_setting {
+        Some((app, "eventFilter")) if method == Method::PUT => {
+            facade.external.client_filter(app).map(|before| {
+                let entity = Entity::read(content_type.as_ref(), &body);
+                if let Some(for_nodes) = entity.for_nodes() {
+                    body = Bytes::from(for_nodes.to_string());
+                    content_type = Some(HeaderValue::from_static("application/json"));
+                }
+                (app, before, entity)
+            })
+        }
+        _ => None,
+    };
     let asterisk_id = headers.get("x-asterisk-id").and_then(|v| v.to_str().ok());
     let target = match facade
         .placement
@@ -85,7 +103,6 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
     } else {
         format!("{path}?{query}")
     };
-    let content_type = headers.get(header::CONTENT_TYPE).cloned();
     match target {
         Target::One { node, record } => {
             match facade
@@ -100,6 +117,9 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
                     }
                     if ok && method == Method::DELETE {
                         facade.placement.deleted(path);
+                    }
+                    if ok && method == Method::GET {
+                        return pass_through(show_client_filters(&facade, path, answer));
                     }
                     pass_through(answer)
                 }
@@ -128,27 +148,37 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
                 let accepted = answers
                     .iter()
                     .position(|a| matches!(a, Ok(r) if (200..300).contains(&r.status)));
-                if let Some(i) = accepted
-                    && method == Method::PUT
-                    && let Some((app, "eventFilter")) = app_setting
-                    && let Ok(Ok(application)) = answers[i]
-                        .as_ref()
-                        .map(|r| serde_json::from_slice::<serde_json::Value>(&r.body))
-                {
-                    // The filter as the node now has it (a body may change one list only),
-                    // set again on nodes that (re)connect later (node_filter).
-                    let filter = serde_json::json!({
-                        "allowed": application["events_allowed"],
-                        "disallowed": application["events_disallowed"],
-                    });
-                    facade.external.remember_filter(app, filter);
+                let mut answer = answers.into_iter().nth(accepted.unwrap_or(0));
+                if let Some((app, before, entity)) = client_filter {
+                    // What the nodes now hold (a body may change one list only, or one
+                    // before it is refused), set again on nodes that (re)connect later
+                    // (node_filter). Nothing changed where every node lacks the app.
+                    let now = before.after(&entity);
+                    let taken =
+                        matches!(&answer, Some(Ok(r)) if accepted.is_some() || r.status == 400);
+                    if taken {
+                        facade.external.remember_filter(app, now.clone());
+                    }
+                    if accepted.is_some()
+                        && let Some(Ok(r)) = &mut answer
+                        && let Ok(mut application) =
+                            serde_json::from_slice::<serde_json::Value>(&r.body)
+                    {
+                        now.show_in(&mut application);
+                        r.body = Bytes::from(application.to_string());
+                    }
                 }
-                return answers.into_iter().nth(accepted.unwrap_or(0)).map_or_else(
+                return answer.map_or_else(
                     || placement_error(PlacementError::NoNode),
                     |a| a.map_or_else(ari_error, pass_through),
                 );
             }
-            merge(answers)
+            merge(
+                answers
+                    .into_iter()
+                    .map(|a| a.map(|r| show_client_filters(&facade, path, r)))
+                    .collect(),
+            )
         }
     }
 }
@@ -192,6 +222,38 @@ fn merge(answers: Vec<Result<RawResponse, AriError>>) -> Response {
         Some(other) if arrays == 0 => other.map_or_else(ari_error, pass_through),
         _ => json(StatusCode::OK, out.freeze()),
     }
+}
+
+/// A node's answer to `GET /applications[/{app}]` shows the filters the nodes hold; a
+/// client reads back the filter it set on a name it holds instead (see `filter`).
+fn show_client_filters(facade: &Facade, path: &str, mut answer: RawResponse) -> RawResponse {
+    let is_applications = path.strip_prefix("/applications").is_some_and(|rest| {
+        rest.is_empty() || rest.strip_prefix('/').is_some_and(|app| !app.contains('/'))
+    });
+    if !is_applications || answer.status != 200 {
+        return answer;
+    }
+    let Ok(mut json) = serde_json::from_slice::<serde_json::Value>(&answer.body) else {
+        return answer;
+    };
+    let mut changed = false;
+    let mut show = |application: &mut serde_json::Value| {
+        if let Some(filter) = application["name"]
+            .as_str()
+            .and_then(|name| facade.external.client_filter(name))
+        {
+            filter.show_in(application);
+            changed = true;
+        }
+    };
+    match &mut json {
+        serde_json::Value::Array(applications) => applications.iter_mut().for_each(&mut show),
+        application => show(application),
+    }
+    if changed {
+        answer.body = Bytes::from(json.to_string());
+    }
+    answer
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response {
