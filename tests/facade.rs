@@ -625,6 +625,85 @@ async fn event_filters_apply_on_every_node_and_the_hosts_apps_are_not_the_client
     rig.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_and_device_subscriptions_are_set_again_on_a_node_that_restarts() {
+    let rig = FacadeRig::start().await;
+    let _socket = rig.events("ext").await;
+    let (user, pass) = rig.sim.credentials();
+    let on_node = |node: &str| {
+        let url = format!("{}/applications/ext", rig.node(node).ari_url());
+        let (http, user, pass) = (rig.http.clone(), user.to_string(), pass.to_string());
+        async move {
+            let app: serde_json::Value = http
+                .get(url)
+                .basic_auth(user, Some(pass))
+                .send()
+                .await
+                .expect("node answers")
+                .json()
+                .await
+                .unwrap_or_default();
+            (app["endpoint_ids"].clone(), app["device_names"].clone())
+        }
+    };
+    let wait_on = |node: &'static str, want: (serde_json::Value, serde_json::Value)| {
+        let on_node = &on_node;
+        async move {
+            let mut got = on_node(node).await;
+            for _ in 0..200 {
+                if got == want {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+                got = on_node(node).await;
+            }
+            assert_eq!(got, want, "node {node}");
+        }
+    };
+    let both = (
+        serde_json::json!(["PJSIP/anonymous"]),
+        serde_json::json!(["Custom:desk"]),
+    );
+
+    let (status, body) = rig
+        .request(
+            reqwest::Method::POST,
+            "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous,deviceState:Custom:desk",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    for node in ["a", "b"] {
+        assert_eq!(on_node(node).await, both, "node {node}");
+    }
+
+    // A restarted node has forgotten them; the client's socket to the facade stayed up, so
+    // the host subscribes the app again there (once: Asterisk counts endpoint subscriptions).
+    let b = rig.node("b");
+    b.kill().await;
+    b.revive().await.expect("node b back");
+    wait_on("b", both.clone()).await;
+    // One unsubscribe removes the endpoint everywhere: a node that kept it was not
+    // subscribed twice.
+    let (status, body) = rig
+        .request(
+            reqwest::Method::DELETE,
+            "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous",
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let device_only = (serde_json::json!([]), serde_json::json!(["Custom:desk"]));
+    for node in ["a", "b"] {
+        assert_eq!(on_node(node).await, device_only, "node {node}");
+    }
+    // What the client removed is not set again after the next restart.
+    b.kill().await;
+    b.revive().await.expect("node b back");
+    wait_on("b", device_only.clone()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(on_node("b").await, device_only);
+    rig.stop().await;
+}
+
 /// Asterisk's own Node.js ARI client (`ari-client`, pinned in
 /// `tests/facade-client/package-lock.json`) runs a scenario through the facade: it loads the
 /// spec from `/ari/api-docs`, starts its app, answers an inbound call on node b and a call it

@@ -130,6 +130,16 @@ impl Gateway {
         let (declared_tx, declared) = tokio::sync::watch::channel(0);
         let (gaps_tx, gaps) = mpsc::unbounded_channel();
         for node in cluster.nodes() {
+            let amqp_intake = config.amqp.is_some() && node.config.intake == Intake::Amqp;
+            // Event filters apply on the websocket only; facade clients' subscriptions on
+            // every node (node_filter.rs).
+            tasks.push(tokio::spawn(node_filter::run_node(
+                node.clone(),
+                catalog.clone(),
+                runtime.watch_interests(),
+                external.watch_settings(),
+                !amqp_intake,
+            )));
             let task = match (&config.amqp, node.config.intake) {
                 (Some(amqp), Intake::Amqp) => tokio::spawn(amqp::run_node(
                     node.clone(),
@@ -143,22 +153,13 @@ impl Gateway {
                     },
                     max_reconnect,
                 )),
-                _ => {
-                    // Websocket nodes honour ARI event filters (node_filter.rs).
-                    tasks.push(tokio::spawn(node_filter::run_node(
-                        node.clone(),
-                        catalog.clone(),
-                        runtime.watch_interests(),
-                        external.watch_filters(),
-                    )));
-                    tokio::spawn(ingress::run_node(
-                        node.clone(),
-                        cluster.clone(),
-                        names.clone(),
-                        tx.clone(),
-                        max_reconnect,
-                    ))
-                }
+                _ => tokio::spawn(ingress::run_node(
+                    node.clone(),
+                    cluster.clone(),
+                    names.clone(),
+                    tx.clone(),
+                    max_reconnect,
+                )),
             };
             tasks.push(task);
         }

@@ -10,21 +10,30 @@
 //! CPU per call.
 //!
 //! The filter of an app name is an allowed list: the host's own kinds
-//! ([`HOST_EVENTS`], and [`REST_RESPONSE`] for requests sent on the socket) plus every type declared by the app's versions in use (the active one
-//! and those with calls in progress). One version that wants every type, or whose
+//! ([`HOST_EVENTS`], and [`REST_RESPONSE`] for requests sent on the socket) plus every type
+//! declared by the app's versions in use (the active one and those with calls in progress). One version that wants every type, or whose
 //! declaration is not known yet (it is asked in the version's first call), leaves the app
 //! unfiltered: a hot swap widens the filter at activation and narrows it once the new
 //! version has been asked. The host's trunk-leg app gets the host's kinds only. A name an ARI
 //! facade client holds gets the filter that client set, widened by the host's kinds (the
-//! facade forwards it to every node and remembers it; see `facade::filter`). Filters are set on each node after every (re)connect, since a
-//! restarted node has forgotten them (and a facade client, whose own socket stays up, cannot
-//! know to set its filter again), again whenever the apps, their declarations or the
-//! clients' filters change, and cleared for a name the host drops.
+//! facade forwards it to every node and remembers it; see `facade::filter`). Filters are set
+//! on each node after every (re)connect, since a restarted node has forgotten them (and a
+//! facade client, whose own socket stays up, cannot know to set its filter again), again
+//! whenever the apps, their declarations or the clients' filters change, and cleared for a
+//! name the host drops.
 //!
-//! Websocket nodes only: Asterisk checks the filter when it writes an event to an ARI
-//! websocket, not on the AMQP path. Dispatch filters again by the app's declaration anyway,
-//! so a node that ignores the filter (an older Asterisk answers 404 to the request) costs
-//! CPU, never correctness.
+//! Filters are set on websocket nodes only: Asterisk checks the filter when it writes an
+//! event to an ARI websocket, not on the AMQP path. Dispatch filters again by the app's
+//! declaration anyway, so a node that ignores the filter (an older Asterisk answers 404 to
+//! the request) costs CPU, never correctness.
+//!
+//! The other half of what a node sends an app is its subscriptions. A facade client's
+//! `endpoint:` and `deviceState:` subscriptions (`POST /applications/{app}/subscription`)
+//! outlive calls, so they are kept like its filter and set again, on every node, where a
+//! (re)connected node lacks them. What the node has is read first (`GET
+//! /applications/{app}`): a node that only reconnected keeps its subscriptions, and Asterisk
+//! counts endpoint subscriptions, so sending one twice would take the client two
+//! unsubscribes to end it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -35,10 +44,12 @@ use serde_json::json;
 use tokio::sync::watch;
 use tracing::{debug, info};
 
+use crate::backend::AriError;
 use crate::catalog::Catalog;
 use crate::cluster::{Health, Node};
 use crate::conference::TRUNK_APP;
 use crate::event::{HOST_EVENTS, REST_RESPONSE};
+use crate::facade::events::ClientSettings;
 use crate::runtime::{App, EventInterest};
 
 /// How soon a filter the node refused (typically: the app is not registered there yet, the
@@ -97,7 +108,7 @@ impl NodeFilter {
 /// (nothing loaded yet) and held names with no filter set are left alone.
 pub fn desired(
     catalog: &Catalog,
-    clients: &BTreeMap<String, serde_json::Value>,
+    clients: &BTreeMap<String, ClientSettings>,
 ) -> BTreeMap<String, NodeFilter> {
     let mut filters: BTreeMap<String, NodeFilter> = catalog
         .names()
@@ -108,20 +119,24 @@ pub fn desired(
         })
         .collect();
     filters.insert(TRUNK_APP.to_string(), NodeFilter::for_versions(&[]));
-    for (name, body) in clients {
-        filters
-            .entry(name.clone())
-            .or_insert_with(|| NodeFilter::Client(body.clone()));
+    for (name, settings) in clients {
+        if let Some(body) = &settings.filter {
+            filters
+                .entry(name.clone())
+                .or_insert_with(|| NodeFilter::Client(body.clone()));
+        }
     }
     filters
 }
 
-/// Keeps one websocket node's filters as [`desired`] says, until the host shuts down.
+/// Keeps one node's filters as [`desired`] says (websocket nodes: `sets_filters`), and the
+/// facade clients' subscriptions there, until the host shuts down.
 pub async fn run_node(
     node: Arc<Node>,
     catalog: Arc<Catalog>,
     mut interests: watch::Receiver<u64>,
-    mut clients: watch::Receiver<BTreeMap<String, serde_json::Value>>,
+    mut clients: watch::Receiver<BTreeMap<String, ClientSettings>>,
+    sets_filters: bool,
 ) {
     let mut health = node.watch_health();
     let mut changes = catalog.watch_changes();
@@ -133,9 +148,15 @@ pub async fn run_node(
         }
         // Set on this connection of the node (a reconnect may be a restarted node).
         let mut applied: HashMap<String, NodeFilter> = HashMap::new();
+        let mut subscribed: HashMap<String, BTreeSet<String>> = HashMap::new();
         let mut retry_in = RETRY;
         loop {
-            let want = desired(&catalog, &clients.borrow_and_update());
+            let settings = clients.borrow_and_update().clone();
+            let want = if sets_filters {
+                desired(&catalog, &settings)
+            } else {
+                BTreeMap::new()
+            };
             // A name no longer ours: clear its filter, since on Asterisk the filter belongs to
             // the app object, which can outlive our subscription and be taken by another
             // client (a facade client, say). The node may have dropped the app already.
@@ -169,6 +190,22 @@ pub async fn run_node(
                     }
                     Err(e) => {
                         debug!(node = %node.name, app = %name, error = %e, "event filter not set yet");
+                        refused = true;
+                    }
+                }
+            }
+            // Facade clients' subscriptions, where this connection of the node lacks them.
+            subscribed.retain(|name, _| settings.contains_key(name));
+            for (name, client) in &settings {
+                if client.sources.is_empty() || subscribed.get(name) == Some(&client.sources) {
+                    continue;
+                }
+                match subscribe_missing(&node, name, &client.sources).await {
+                    Ok(()) => {
+                        subscribed.insert(name.clone(), client.sources.clone());
+                    }
+                    Err(e) => {
+                        debug!(node = %node.name, app = %name, error = %e, "subscriptions not set yet");
                         refused = true;
                     }
                 }
@@ -215,6 +252,48 @@ pub async fn run_node(
             }
         }
     }
+}
+
+/// Subscribes `app` on `node` to those of `sources` it lacks (a restarted node has none, a
+/// reconnected one may have them all). Asterisk counts endpoint subscriptions, so one the
+/// node has is not sent again. A source the node refuses (422: an endpoint configured on
+/// other nodes only; 400) is left out for good; anything else is an error, to retry.
+async fn subscribe_missing(
+    node: &Node,
+    app: &str,
+    sources: &BTreeSet<String>,
+) -> Result<(), AriError> {
+    let path = format!("/applications/{app}");
+    let application = node.client.call(Method::GET, &path, &[], None).await?;
+    let application: serde_json::Value = serde_json::from_str(&application.body)
+        .map_err(|e| AriError::Failed(format!("GET {path}: {e}")))?;
+    let has = |source: &str| {
+        let (list, id) = match source.split_once(':') {
+            Some(("endpoint", id)) => ("endpoint_ids", id),
+            Some(("deviceState", id)) => ("device_names", id),
+            _ => return true,
+        };
+        application[list]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|v| v == id))
+    };
+    let path = format!("{path}/subscription");
+    for source in sources.iter().filter(|s| !has(s)) {
+        let query = [("eventSource".to_string(), source.clone())];
+        let response = node.client.send(Method::POST, &path, &query, None).await?;
+        match response.status {
+            200..=299 => {
+                info!(node = %node.name, %app, %source, "facade client's subscription set again")
+            }
+            400 | 422 => {
+                debug!(node = %node.name, %app, %source, status = response.status, "subscription not taken by this node")
+            }
+            status => {
+                return Err(AriError::from_status(status, response.body));
+            }
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! Names are one namespace: a name a wasm app serves cannot be held by an external client,
 //! and the app store refuses uploads under a held name ([`ExternalApps::holds`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -55,11 +55,10 @@ pub struct ExternalApps {
     cluster: Arc<Cluster>,
     holders: RwLock<HashMap<String, Holder>>,
     names: watch::Sender<Vec<String>>,
-    /// The event filters the nodes hold for held names (the clients' filters widened by the
-    /// host's kinds), which `node_filter` sets again on a node that (re)connects: the
-    /// client's own socket to the facade stays up while a node restarts, so the client never
-    /// knows to.
-    filters: watch::Sender<BTreeMap<String, serde_json::Value>>,
+    /// What the nodes must keep for held names, which `node_filter` sets again on a node
+    /// that (re)connects: the client's own socket to the facade stays up while a node
+    /// restarts, so the client never knows to.
+    settings: watch::Sender<BTreeMap<String, ClientSettings>>,
     next_client: AtomicU64,
 }
 
@@ -68,6 +67,26 @@ impl std::fmt::Debug for ExternalApps {
         f.debug_struct("ExternalApps")
             .field("names", &*self.names.borrow())
             .finish()
+    }
+}
+
+/// What a facade client set on a name it holds that every node must keep, across restarts
+/// and for nodes that connect later.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClientSettings {
+    /// The event filter the nodes hold (the client's, widened by the host's kinds), once the
+    /// client set one.
+    pub filter: Option<serde_json::Value>,
+    /// Its `endpoint:` and `deviceState:` subscriptions (`POST /applications/{app}/
+    /// subscription`). Channel and bridge ones are not kept: those live and die with their
+    /// node's channels and bridges.
+    pub sources: BTreeSet<String>,
+}
+
+impl ClientSettings {
+    /// An event source kept for the nodes (see [`ClientSettings::sources`]).
+    pub fn keeps(source: &str) -> bool {
+        source.starts_with("endpoint:") || source.starts_with("deviceState:")
     }
 }
 
@@ -101,7 +120,7 @@ impl ExternalApps {
             cluster,
             holders: RwLock::new(HashMap::new()),
             names: watch::channel(Vec::new()).0,
-            filters: watch::channel(BTreeMap::new()).0,
+            settings: watch::channel(BTreeMap::new()).0,
             next_client: AtomicU64::new(1),
         })
     }
@@ -130,16 +149,40 @@ impl ExternalApps {
         let Some(holder) = holders.get_mut(app) else {
             return;
         };
-        let for_nodes = filter.for_nodes();
+        let for_nodes = Some(filter.for_nodes());
         holder.filter = filter;
-        self.filters.send_if_modified(|filters| {
-            filters.insert(app.to_string(), for_nodes.clone()) != Some(for_nodes)
+        self.settings.send_if_modified(|settings| {
+            let entry = settings.entry(app.to_string()).or_default();
+            std::mem::replace(&mut entry.filter, for_nodes.clone()) != for_nodes
         });
     }
 
-    /// The event filters the nodes hold for the names clients hold, as they change.
-    pub fn watch_filters(&self) -> watch::Receiver<BTreeMap<String, serde_json::Value>> {
-        self.filters.subscribe()
+    /// Remembers that a client subscribed `app` to `sources` (or unsubscribed it from them),
+    /// as some node took it, if a client holds `app`. Only the sources the nodes must keep
+    /// ([`ClientSettings::keeps`]) are remembered; one subscribed several times (which
+    /// Asterisk counts, for endpoints) is remembered, and set again, once.
+    pub fn remember_subscription(&self, app: &str, sources: &[&str], subscribe: bool) {
+        let holders = self.holders.read();
+        if !holders.contains_key(app) {
+            return;
+        }
+        self.settings.send_if_modified(|settings| {
+            let entry = settings.entry(app.to_string()).or_default();
+            let mut changed = false;
+            for source in sources.iter().filter(|s| ClientSettings::keeps(s)) {
+                changed |= if subscribe {
+                    entry.sources.insert(source.to_string())
+                } else {
+                    entry.sources.remove(*source)
+                };
+            }
+            changed
+        });
+    }
+
+    /// What the nodes must keep for the names clients hold, as it changes.
+    pub fn watch_settings(&self) -> watch::Receiver<BTreeMap<String, ClientSettings>> {
+        self.settings.subscribe()
     }
 
     /// Why `name` is the host's, not a facade client's: a wasm app's (or one draining), or the
@@ -253,11 +296,12 @@ impl ExternalApps {
         }
         if holders.len() != before {
             self.publish(&holders);
-            // A released name's filter is forgotten (and cleared on the nodes by node_filter).
-            self.filters.send_if_modified(|filters| {
-                let before = filters.len();
-                filters.retain(|name, _| holders.contains_key(name));
-                filters.len() != before
+            // A released name's settings are forgotten (its filter cleared on the nodes by
+            // node_filter).
+            self.settings.send_if_modified(|settings| {
+                let before = settings.len();
+                settings.retain(|name, _| holders.contains_key(name));
+                settings.len() != before
             });
         }
     }

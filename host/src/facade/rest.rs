@@ -149,6 +149,16 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
                     .iter()
                     .position(|a| matches!(a, Ok(r) if (200..300).contains(&r.status)));
                 let mut answer = answers.into_iter().nth(accepted.unwrap_or(0));
+                if accepted.is_some()
+                    && let Some((app, "subscription")) = app_setting
+                {
+                    // Kept for nodes that restart or connect later (node_filter).
+                    let sources = event_sources(&query);
+                    let sources: Vec<&str> = sources.split(',').collect();
+                    facade
+                        .external
+                        .remember_subscription(app, &sources, method == Method::POST);
+                }
                 if let Some((app, before, entity)) = client_filter {
                     // What the nodes now hold (a body may change one list only, or one
                     // before it is refused), set again on nodes that (re)connect later
@@ -222,6 +232,16 @@ fn merge(answers: Vec<Result<RawResponse, AriError>>) -> Response {
         Some(other) if arrays == 0 => other.map_or_else(ari_error, pass_through),
         _ => json(StatusCode::OK, out.freeze()),
     }
+}
+
+/// The `eventSource` parameter of a query, decoded (the last one, as Asterisk reads it).
+fn event_sources(query: &str) -> String {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+        .unwrap_or_default()
+        .into_iter()
+        .rev()
+        .find_map(|(k, v)| (k == "eventSource").then_some(v))
+        .unwrap_or_default()
 }
 
 /// A node's answer to `GET /applications[/{app}]` shows the filters the nodes hold; a

@@ -42,7 +42,7 @@ struct AppJson<'a> {
     name: &'a str,
     channel_ids: Vec<&'a str>,
     bridge_ids: Vec<&'a str>,
-    endpoint_ids: &'a [String],
+    endpoint_ids: &'a [&'a str],
     device_names: &'a [String],
     events_allowed: &'a [Value],
     events_disallowed: &'a [Value],
@@ -170,11 +170,18 @@ impl NodeState {
             .map(|b| &*b.id)
             .collect();
         bridge_ids.sort_unstable();
+        // One entry per endpoint, however many times it was subscribed.
+        let mut endpoint_ids: Vec<&str> = Vec::new();
+        for e in &app.endpoints {
+            if !endpoint_ids.contains(&e.as_str()) {
+                endpoint_ids.push(e);
+            }
+        }
         serde_json::to_string(&AppJson {
             name,
             channel_ids,
             bridge_ids,
-            endpoint_ids: &app.endpoints,
+            endpoint_ids: &endpoint_ids,
             device_names: &app.devices,
             events_allowed: &app.events_allowed,
             events_disallowed: &app.events_disallowed,
@@ -210,12 +217,20 @@ impl NodeState {
         self.get_app(name)
     }
 
-    /// `POST|DELETE /applications/{app}/subscription?eventSource=channel:x,bridge:y,...`.
+    /// `POST|DELETE /applications/{app}/subscription?eventSource=channel:x,bridge:y,...`,
+    /// as `app_handle_subscriptions` does it: the sources one by one, in order, stopping at
+    /// the first that fails (those before it stay done). A scheme other than `channel:`,
+    /// `bridge:`, `endpoint:` or `deviceState:` → 400; a channel, bridge or endpoint that does
+    /// not exist (`endpoint_exists`), or unsubscribing from a source the app is not subscribed
+    /// to → 422 `Event source does not exist`. An endpoint subscription is counted
+    /// (`++forwards->interested`): subscribed twice, it takes two unsubscribes. A device's is
+    /// not (`subscribe_device_state` does nothing when subscribed already).
     pub(crate) fn subscribe_api(
         &mut self,
         name: &str,
         p: &Params,
         subscribe: bool,
+        endpoint_exists: impl Fn(&str) -> bool,
     ) -> Result<String, AriError> {
         let Some((key, _)) = self.apps.get_key_value(name) else {
             return Err(AriError::not_found("Application"));
@@ -225,50 +240,63 @@ impl NodeState {
             .get("eventSource")
             .ok_or_else(|| AriError::msg(400, "Missing parameter eventSource"))?
             .to_string();
-        // Validate everything first: an unknown source changes nothing.
+        let missing = || AriError::msg(422, "Event source does not exist");
         for src in sources.split(',') {
-            let (kind, id) = src.split_once(':').unwrap_or((src, ""));
-            let ok = match kind {
-                "channel" => self.channels.contains_key(id),
-                "bridge" => self.bridges.contains_key(id),
-                "endpoint" | "deviceState" => !id.is_empty(),
-                _ => return Err(AriError::msg(400, "Invalid event source URI scheme")),
+            let Some((kind, id)) = src.split_once(':') else {
+                return Err(AriError::msg(400, "Invalid event source URI scheme"));
             };
-            if !ok {
-                return Err(AriError::msg(422, "Unable to find event source"));
-            }
-        }
-        for src in sources.split(',') {
-            let (kind, id) = src.split_once(':').unwrap_or((src, ""));
             match kind {
                 "channel" => {
-                    let ch = self.channels.get_mut(id).expect("validated");
-                    ch.apps.retain(|a| *a != key);
+                    let ch = self.channels.get_mut(id).ok_or_else(missing)?;
+                    let subscribed =
+                        ch.apps.contains(&key) || ch.stasis.as_ref().is_some_and(|s| s.app == key);
                     if subscribe {
-                        ch.apps.push(key.clone());
+                        if !ch.apps.contains(&key) {
+                            ch.apps.push(key.clone());
+                        }
+                    } else if subscribed {
+                        ch.apps.retain(|a| *a != key);
+                    } else {
+                        return Err(missing());
                     }
                 }
                 "bridge" => {
-                    let b = self.bridges.get_mut(id).expect("validated");
-                    b.apps.retain(|a| *a != key);
+                    let b = self.bridges.get_mut(id).ok_or_else(missing)?;
                     if subscribe {
-                        b.apps.push(key.clone());
+                        if !b.apps.contains(&key) {
+                            b.apps.push(key.clone());
+                        }
+                    } else if b.apps.contains(&key) {
+                        b.apps.retain(|a| *a != key);
+                    } else {
+                        return Err(missing());
                     }
                 }
                 "endpoint" => {
                     let app = self.apps.get_mut(&key).expect("checked");
-                    app.endpoints.retain(|e| e != id);
                     if subscribe {
+                        if !endpoint_exists(id) {
+                            return Err(missing());
+                        }
                         app.endpoints.push(id.to_string());
+                    } else {
+                        let at = app.endpoints.iter().position(|e| e == id);
+                        app.endpoints.remove(at.ok_or_else(missing)?);
                     }
                 }
-                _ => {
+                "deviceState" => {
                     let app = self.apps.get_mut(&key).expect("checked");
-                    app.devices.retain(|e| e != id);
-                    if subscribe {
-                        app.devices.push(id.to_string());
+                    let at = app.devices.iter().position(|d| d == id);
+                    match (subscribe, at) {
+                        (true, None) => app.devices.push(id.to_string()),
+                        (true, Some(_)) => {}
+                        (false, Some(at)) => {
+                            app.devices.remove(at);
+                        }
+                        (false, None) => return Err(missing()),
                     }
                 }
+                _ => return Err(AriError::msg(400, "Invalid event source URI scheme")),
             }
         }
         self.get_app(name)

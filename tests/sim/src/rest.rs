@@ -291,11 +291,14 @@ pub(crate) fn handle(
 
         ("GET", ["applications"]) => Ok(Ok2::Json(st.list_apps())),
         ("GET", ["applications", app]) => st.get_app(app).map(Ok2::Json),
-        ("POST", ["applications", app, "subscription"]) => {
-            st.subscribe_api(app, p, true).map(Ok2::Json)
-        }
-        ("DELETE", ["applications", app, "subscription"]) => {
-            st.subscribe_api(app, p, false).map(Ok2::Json)
+        ("POST" | "DELETE", ["applications", app, "subscription"]) => {
+            let known = endpoint_list(node);
+            let exists = |id: &str| {
+                let (tech, resource) = id.split_once('/').unwrap_or((id, ""));
+                tech == "PJSIP"
+                    && (resource.is_empty() || known.iter().any(|e| e["resource"] == resource))
+            };
+            st.subscribe_api(app, p, m == "POST", exists).map(Ok2::Json)
         }
         ("PUT", ["applications", app, "eventFilter"]) => json_entity(json_body)
             .and_then(|f| st.event_filter_api(app, f.as_ref()))
@@ -346,10 +349,25 @@ fn info(st: &crate::state::NodeState, only: Option<&str>) -> String {
     }
 }
 
-/// `GET /endpoints[/PJSIP[/res]]`: one `trunk-<node>` per other node, plus `anonymous`.
+/// `GET /endpoints[/PJSIP[/res]]`: see [`endpoint_list`].
 fn endpoints(node: &Arc<NodeInner>, rest: &[&str]) -> Result<Ok2, AriError> {
+    let list = endpoint_list(node);
+    match rest {
+        [] => Ok(Ok2::Json(serde_json::Value::Array(list).to_string())),
+        ["PJSIP"] => Ok(Ok2::Json(serde_json::Value::Array(list).to_string())),
+        ["PJSIP", res] => list
+            .into_iter()
+            .find(|e| e["resource"] == *res)
+            .map(|e| Ok2::Json(e.to_string()))
+            .ok_or_else(|| AriError::msg(404, "Endpoint not found")),
+        _ => Err(AriError::msg(404, "Endpoint not found")),
+    }
+}
+
+/// The node's PJSIP endpoints: one `trunk-<node>` per other node, plus `anonymous`.
+fn endpoint_list(node: &Arc<NodeInner>) -> Vec<serde_json::Value> {
     let Some(cluster) = node.cluster.upgrade() else {
-        return Ok(Ok2::Json("[]".into()));
+        return Vec::new();
     };
     let mut list = Vec::new();
     for other in &cluster.nodes {
@@ -365,16 +383,7 @@ fn endpoints(node: &Arc<NodeInner>, rest: &[&str]) -> Result<Ok2, AriError> {
         }));
     }
     list.push(serde_json::json!({"technology": "PJSIP", "resource": "anonymous", "state": "offline", "channel_ids": []}));
-    match rest {
-        [] => Ok(Ok2::Json(serde_json::Value::Array(list).to_string())),
-        ["PJSIP"] => Ok(Ok2::Json(serde_json::Value::Array(list).to_string())),
-        ["PJSIP", res] => list
-            .into_iter()
-            .find(|e| e["resource"] == *res)
-            .map(|e| Ok2::Json(e.to_string()))
-            .ok_or_else(|| AriError::msg(404, "Endpoint not found")),
-        _ => Err(AriError::msg(404, "Endpoint not found")),
-    }
+    list
 }
 
 #[cfg(test)]

@@ -975,3 +975,83 @@ async fn event_filter_belongs_to_the_app() {
     let types = call_event_types(&c, &fourth).await;
     assert!(types.len() > 2 && types.iter().any(|t| t == "ChannelVarset"));
 }
+
+/// `POST|DELETE /applications/{app}/subscription` as `app_handle_subscriptions` does it
+/// (`rest_basics` records an endpoint subscription and its removal): sources in order,
+/// stopping at the first failure; endpoint subscriptions counted, device ones not.
+#[tokio::test]
+async fn subscriptions_go_source_by_source_and_endpoints_are_counted() {
+    let c = cluster().await;
+    let a = c.node("a");
+    let _ws = Ws::connect(&a.ws_url("conf")).await;
+    let api = ari(&c, "a");
+    let path = |sources: &str| format!("/ari/applications/conf/subscription?eventSource={sources}");
+    let subscribed = |v: &Value| (v["endpoint_ids"].clone(), v["device_names"].clone());
+
+    let (s, v) = api
+        .ok(
+            "POST",
+            &path("endpoint:PJSIP/trunk-b,deviceState:Custom:desk"),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        subscribed(&v),
+        (json!(["PJSIP/trunk-b"]), json!(["Custom:desk"]))
+    );
+
+    // An unknown endpoint stops the request there; what came before it is done.
+    let (s, v) = api
+        .ok(
+            "POST",
+            &path("deviceState:Custom:door,endpoint:PJSIP/nobody"),
+        )
+        .await;
+    assert_eq!(
+        (s, v),
+        (422, json!({"message": "Event source does not exist"}))
+    );
+    let (s, v) = api.ok("POST", &path("channel")).await;
+    assert_eq!(
+        (s, v),
+        (400, json!({"message": "Invalid event source URI scheme"}))
+    );
+    let (_, v) = api.ok("GET", "/ari/applications/conf").await;
+    assert_eq!(
+        subscribed(&v),
+        (
+            json!(["PJSIP/trunk-b"]),
+            json!(["Custom:desk", "Custom:door"])
+        )
+    );
+
+    // Twice on the endpoint takes two unsubscribes; once on a device is enough.
+    let (s, _) = api
+        .ok(
+            "POST",
+            &path("endpoint:PJSIP/trunk-b,deviceState:Custom:desk"),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = api
+        .ok(
+            "DELETE",
+            &path("endpoint:PJSIP/trunk-b,deviceState:Custom:desk"),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        subscribed(&v),
+        (json!(["PJSIP/trunk-b"]), json!(["Custom:door"]))
+    );
+    let (s, v) = api.ok("DELETE", &path("endpoint:PJSIP/trunk-b")).await;
+    assert_eq!(s, 200);
+    assert_eq!(subscribed(&v), (json!([]), json!(["Custom:door"])));
+    // Not subscribed: 422.
+    let (s, v) = api.ok("DELETE", &path("endpoint:PJSIP/trunk-b")).await;
+    assert_eq!(
+        (s, v),
+        (422, json!({"message": "Event source does not exist"}))
+    );
+    c.shutdown().await;
+}
