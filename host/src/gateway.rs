@@ -137,7 +137,7 @@ impl Gateway {
                 node.clone(),
                 catalog.clone(),
                 runtime.watch_interests(),
-                external.watch_settings(),
+                external.clone(),
                 !amqp_intake,
             )));
             let task = match (&config.amqp, node.config.intake) {

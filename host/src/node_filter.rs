@@ -49,7 +49,7 @@ use crate::catalog::Catalog;
 use crate::cluster::{Health, Node};
 use crate::conference::TRUNK_APP;
 use crate::event::{HOST_EVENTS, REST_RESPONSE};
-use crate::facade::events::ClientSettings;
+use crate::facade::events::{ClientSettings, ExternalApps};
 use crate::runtime::{App, EventInterest};
 
 /// How soon a filter the node refused (typically: the app is not registered there yet, the
@@ -135,9 +135,10 @@ pub async fn run_node(
     node: Arc<Node>,
     catalog: Arc<Catalog>,
     mut interests: watch::Receiver<u64>,
-    mut clients: watch::Receiver<BTreeMap<String, ClientSettings>>,
+    external: Arc<ExternalApps>,
     sets_filters: bool,
 ) {
+    let mut clients = external.watch_settings();
     let mut health = node.watch_health();
     let mut changes = catalog.watch_changes();
     loop {
@@ -148,7 +149,9 @@ pub async fn run_node(
         }
         // Set on this connection of the node (a reconnect may be a restarted node).
         let mut applied: HashMap<String, NodeFilter> = HashMap::new();
-        let mut subscribed: HashMap<String, BTreeSet<String>> = HashMap::new();
+        // Held names whose subscriptions this connection has yet to check: those held when
+        // it came up. Later changes the facade forwards to every node itself.
+        let mut unchecked: Option<BTreeSet<String>> = None;
         let mut retry_in = RETRY;
         loop {
             let settings = clients.borrow_and_update().clone();
@@ -195,14 +198,12 @@ pub async fn run_node(
                 }
             }
             // Facade clients' subscriptions, where this connection of the node lacks them.
-            subscribed.retain(|name, _| settings.contains_key(name));
-            for (name, client) in &settings {
-                if client.sources.is_empty() || subscribed.get(name) == Some(&client.sources) {
-                    continue;
-                }
-                match subscribe_missing(&node, name, &client.sources).await {
+            let names = unchecked.get_or_insert_with(|| settings.keys().cloned().collect());
+            names.retain(|name| settings.contains_key(name));
+            for name in names.clone() {
+                match subscribe_missing(&node, &external, &name).await {
                     Ok(()) => {
-                        subscribed.insert(name.clone(), client.sources.clone());
+                        names.remove(&name);
                     }
                     Err(e) => {
                         debug!(node = %node.name, app = %name, error = %e, "subscriptions not set yet");
@@ -225,7 +226,9 @@ pub async fn run_node(
                     if *health.borrow_and_update() != Health::Up {
                         break;
                     }
-                    applied.clear(); // reconnected: set everything again
+                    // Reconnected: set everything again.
+                    applied.clear();
+                    unchecked = None;
                     retry_in = RETRY;
                 }
                 changed = changes.changed() => {
@@ -254,31 +257,37 @@ pub async fn run_node(
     }
 }
 
-/// Subscribes `app` on `node` to those of `sources` it lacks (a restarted node has none, a
-/// reconnected one may have them all). Asterisk counts endpoint subscriptions, so one the
-/// node has is not sent again. A source the node refuses (422: an endpoint configured on
-/// other nodes only; 400) is left out for good; anything else is an error, to retry.
+/// Subscribes `app` on `node` to those of its client's sources the node lacks (a restarted
+/// node has none, a reconnected one may have them all). Asterisk counts endpoint
+/// subscriptions, so one the node has is not sent again. A source the node refuses (422: an
+/// endpoint configured on other nodes only; 400) is left out for good; anything else is an
+/// error, to retry. Takes the name's settings lock: a change the client makes meanwhile
+/// waits, so a source it just removed is never set again.
 async fn subscribe_missing(
     node: &Node,
+    external: &ExternalApps,
     app: &str,
-    sources: &BTreeSet<String>,
 ) -> Result<(), AriError> {
+    let lock = external.settings_lock(app);
+    let _turn = lock.lock().await;
+    let sources = external
+        .watch_settings()
+        .borrow()
+        .get(app)
+        .map(|s| s.sources.clone())
+        .unwrap_or_default();
+    if sources.is_empty() {
+        return Ok(());
+    }
     let path = format!("/applications/{app}");
     let application = node.client.call(Method::GET, &path, &[], None).await?;
     let application: serde_json::Value = serde_json::from_str(&application.body)
         .map_err(|e| AriError::Failed(format!("GET {path}: {e}")))?;
-    let has = |source: &str| {
-        let (list, id) = match source.split_once(':') {
-            Some(("endpoint", id)) => ("endpoint_ids", id),
-            Some(("deviceState", id)) => ("device_names", id),
-            _ => return true,
-        };
-        application[list]
-            .as_array()
-            .is_some_and(|ids| ids.iter().any(|v| v == id))
-    };
     let path = format!("{path}/subscription");
-    for source in sources.iter().filter(|s| !has(s)) {
+    for source in sources
+        .iter()
+        .filter(|s| !ClientSettings::listed(&application, s))
+    {
         let query = [("eventSource".to_string(), source.clone())];
         let response = node.client.send(Method::POST, &path, &query, None).await?;
         match response.status {

@@ -19,7 +19,7 @@ use parking_lot::RwLock;
 use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
-use super::filter::ClientFilter;
+use super::filter::{ClientFilter, Entity};
 use crate::catalog::Catalog;
 use crate::cluster::Cluster;
 use crate::conference::TRUNK_APP;
@@ -59,6 +59,9 @@ pub struct ExternalApps {
     /// that (re)connects: the client's own socket to the facade stays up while a node
     /// restarts, so the client never knows to.
     settings: watch::Sender<BTreeMap<String, ClientSettings>>,
+    /// One change to a held name's settings at a time (the facade forwarding a client's
+    /// change and remembering it; node_filter setting them again on a node).
+    settings_locks: parking_lot::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     next_client: AtomicU64,
 }
 
@@ -87,6 +90,19 @@ impl ClientSettings {
     /// An event source kept for the nodes (see [`ClientSettings::sources`]).
     pub fn keeps(source: &str) -> bool {
         source.starts_with("endpoint:") || source.starts_with("deviceState:")
+    }
+
+    /// Whether an Application object (`GET /applications/{app}`, or the answer to a change)
+    /// lists `source` among its endpoint or device subscriptions.
+    pub fn listed(application: &serde_json::Value, source: &str) -> bool {
+        let (list, id) = match source.split_once(':') {
+            Some(("endpoint", id)) => ("endpoint_ids", id),
+            Some(("deviceState", id)) => ("device_names", id),
+            _ => return false,
+        };
+        application[list]
+            .as_array()
+            .is_some_and(|ids| ids.iter().any(|v| v == id))
     }
 }
 
@@ -121,6 +137,7 @@ impl ExternalApps {
             holders: RwLock::new(HashMap::new()),
             names: watch::channel(Vec::new()).0,
             settings: watch::channel(BTreeMap::new()).0,
+            settings_locks: parking_lot::Mutex::new(HashMap::new()),
             next_client: AtomicU64::new(1),
         })
     }
@@ -140,28 +157,42 @@ impl ExternalApps {
         self.holders.read().get(app).map(|h| h.filter.clone())
     }
 
-    /// Remembers the event filter a client set on `app` (as the nodes now hold it, widened),
-    /// if a client holds `app`.
-    pub fn remember_filter(&self, app: &str, filter: ClientFilter) {
+    /// The lock that orders changes to the settings of `app` (see [`ClientSettings`]):
+    /// held across forwarding a change to the nodes and remembering it.
+    pub fn settings_lock(&self, app: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.settings_locks
+            .lock()
+            .entry(app.to_string())
+            .or_default()
+            .clone()
+    }
+
+    /// Remembers that a node took a client's `PUT eventFilter` with `entity` on `app`, if a
+    /// client holds `app`: returns the client's filter now.
+    pub fn remember_filter(&self, app: &str, entity: &Entity) -> Option<ClientFilter> {
         // Under the holders' lock, so a release cannot slip in between and leave a filter for
         // a name nobody holds.
         let mut holders = self.holders.write();
-        let Some(holder) = holders.get_mut(app) else {
-            return;
-        };
-        let for_nodes = Some(filter.for_nodes());
-        holder.filter = filter;
+        let holder = holders.get_mut(app)?;
+        holder.filter = holder.filter.after(entity);
+        let for_nodes = Some(holder.filter.for_nodes());
         self.settings.send_if_modified(|settings| {
             let entry = settings.entry(app.to_string()).or_default();
             std::mem::replace(&mut entry.filter, for_nodes.clone()) != for_nodes
         });
+        Some(holder.filter.clone())
     }
 
-    /// Remembers that a client subscribed `app` to `sources` (or unsubscribed it from them),
-    /// as some node took it, if a client holds `app`. Only the sources the nodes must keep
-    /// ([`ClientSettings::keeps`]) are remembered; one subscribed several times (which
-    /// Asterisk counts, for endpoints) is remembered, and set again, once.
-    pub fn remember_subscription(&self, app: &str, sources: &[&str], subscribe: bool) {
+    /// Remembers what a client's subscription change on `app` left, if a client holds `app`:
+    /// each of `sources` the nodes must keep ([`ClientSettings::keeps`]) is kept while
+    /// `application` (a node's Application object after the change) lists it. A source
+    /// subscribed several times (Asterisk counts endpoint subscriptions) is set again once.
+    pub fn remember_subscription(
+        &self,
+        app: &str,
+        sources: &[String],
+        application: &serde_json::Value,
+    ) {
         let holders = self.holders.read();
         if !holders.contains_key(app) {
             return;
@@ -170,10 +201,10 @@ impl ExternalApps {
             let entry = settings.entry(app.to_string()).or_default();
             let mut changed = false;
             for source in sources.iter().filter(|s| ClientSettings::keeps(s)) {
-                changed |= if subscribe {
-                    entry.sources.insert(source.to_string())
+                changed |= if ClientSettings::listed(application, source) {
+                    entry.sources.insert(source.clone())
                 } else {
-                    entry.sources.remove(*source)
+                    entry.sources.remove(source)
                 };
             }
             changed
@@ -298,6 +329,9 @@ impl ExternalApps {
             self.publish(&holders);
             // A released name's settings are forgotten (its filter cleared on the nodes by
             // node_filter).
+            self.settings_locks
+                .lock()
+                .retain(|name, _| holders.contains_key(name));
             self.settings.send_if_modified(|settings| {
                 let before = settings.len();
                 settings.retain(|name, _| holders.contains_key(name));

@@ -72,23 +72,33 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
             &format!("{why}: its event filter and subscriptions are the host's"),
         );
     }
-    let mut content_type = headers.get(header::CONTENT_TYPE).cloned();
-    let mut body = body;
-    // A client's filter on a name it holds: the nodes get it widened by the host's kinds,
-    // whose events the host needs whatever the client wants to hear (see `filter`).
-    let client_filter = match app_setting {
-        Some((app, "eventFilter")) if method == Method::PUT => {
-            facade.external.client_filter(app).map(|before| {
-                let entity = Entity::read(content_type.as_ref(), &body);
-                if let Some(for_nodes) = entity.for_nodes() {
-                    body = Bytes::from(for_nodes.to_string());
-                    content_type = Some(HeaderValue::from_static("application/json"));
-                }
-                (app, before, entity)
-            })
-        }
-        _ => None,
+    let content_type = headers.get(header::CONTENT_TYPE).cloned();
+    let path_and_query = if query.is_empty() {
+        path.to_string()
+    } else {
+        format!("{path}?{query}")
     };
+    if let Some((app, what)) = app_setting
+        && facade.external.holds(app)
+        && matches!(
+            (&method, what),
+            (&Method::PUT, "eventFilter") | (&Method::POST | &Method::DELETE, "subscription")
+        )
+    {
+        let request = HeldAppRequest {
+            app,
+            method: method.clone(),
+            path_and_query: &path_and_query,
+            query: &query,
+            content_type,
+            body,
+        };
+        return if what == "eventFilter" {
+            set_client_filter(&facade, request).await
+        } else {
+            set_client_subscription(&facade, request).await
+        };
+    }
     let asterisk_id = headers.get("x-asterisk-id").and_then(|v| v.to_str().ok());
     let target = match facade
         .placement
@@ -97,11 +107,6 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
     {
         Ok(target) => target,
         Err(e) => return placement_error(e),
-    };
-    let path_and_query = if query.is_empty() {
-        path.to_string()
-    } else {
-        format!("{path}?{query}")
     };
     match target {
         Target::One { node, record } => {
@@ -127,61 +132,14 @@ pub async fn proxy(State(facade): State<Arc<Facade>>, request: Request) -> Respo
             }
         }
         Target::Merge | Target::All => {
-            let nodes = facade.placement.usable();
-            if nodes.is_empty() {
+            let Some((_, answers)) =
+                forward_to_all(&facade, &method, &path_and_query, content_type, body).await
+            else {
                 return placement_error(PlacementError::NoNode);
-            }
-            let answers = join_all(nodes.iter().map(|n| {
-                facade.upstream.forward(
-                    n,
-                    method.clone(),
-                    &path_and_query,
-                    content_type.clone(),
-                    body.clone(),
-                )
-            }))
-            .await;
+            };
             if matches!(target, Target::All) {
-                // Applied where any node took it (a node that refused, say one that has not
-                // registered the app yet, gets it from node_filter later): that node's answer.
-                // Otherwise the first node's.
-                let accepted = answers
-                    .iter()
-                    .position(|a| matches!(a, Ok(r) if (200..300).contains(&r.status)));
-                let mut answer = answers.into_iter().nth(accepted.unwrap_or(0));
-                if accepted.is_some()
-                    && let Some((app, "subscription")) = app_setting
-                {
-                    // Kept for nodes that restart or connect later (node_filter).
-                    let sources = event_sources(&query);
-                    let sources: Vec<&str> = sources.split(',').collect();
-                    facade
-                        .external
-                        .remember_subscription(app, &sources, method == Method::POST);
-                }
-                if let Some((app, before, entity)) = client_filter {
-                    // What the nodes now hold (a body may change one list only, or one
-                    // before it is refused), set again on nodes that (re)connect later
-                    // (node_filter). Nothing changed where every node lacks the app.
-                    let now = before.after(&entity);
-                    let taken =
-                        matches!(&answer, Some(Ok(r)) if accepted.is_some() || r.status == 400);
-                    if taken {
-                        facade.external.remember_filter(app, now.clone());
-                    }
-                    if accepted.is_some()
-                        && let Some(Ok(r)) = &mut answer
-                        && let Ok(mut application) =
-                            serde_json::from_slice::<serde_json::Value>(&r.body)
-                    {
-                        now.show_in(&mut application);
-                        r.body = Bytes::from(application.to_string());
-                    }
-                }
-                return answer.map_or_else(
-                    || placement_error(PlacementError::NoNode),
-                    |a| a.map_or_else(ari_error, pass_through),
-                );
+                let accepted = accepted(&answers);
+                return all_nodes_answer(answers, accepted).map_or_else(ari_error, pass_through);
             }
             merge(
                 answers
@@ -234,14 +192,202 @@ fn merge(answers: Vec<Result<RawResponse, AriError>>) -> Response {
     }
 }
 
-/// The `eventSource` parameter of a query, decoded (the last one, as Asterisk reads it).
-fn event_sources(query: &str) -> String {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+/// A change to the event filter or subscriptions of an app name a facade client holds.
+struct HeldAppRequest<'a> {
+    app: &'a str,
+    method: Method,
+    path_and_query: &'a str,
+    query: &'a str,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+}
+
+impl HeldAppRequest<'_> {
+    /// Forwards the request to every usable node (`body` and `content_type` as given).
+    async fn forward(
+        &self,
+        facade: &Facade,
+        content_type: Option<HeaderValue>,
+        body: Bytes,
+    ) -> Option<NodeAnswers> {
+        forward_to_all(
+            facade,
+            &self.method,
+            self.path_and_query,
+            content_type,
+            body,
+        )
+        .await
+    }
+}
+
+/// The usable nodes and, in the same order, their answers to one request.
+type NodeAnswers = (
+    Vec<Arc<crate::cluster::Node>>,
+    Vec<Result<RawResponse, AriError>>,
+);
+
+/// Sends one request to every usable node at once; `None` when no node is usable.
+async fn forward_to_all(
+    facade: &Facade,
+    method: &Method,
+    path_and_query: &str,
+    content_type: Option<HeaderValue>,
+    body: Bytes,
+) -> Option<NodeAnswers> {
+    let nodes = facade.placement.usable();
+    if nodes.is_empty() {
+        return None;
+    }
+    let answers = join_all(nodes.iter().map(|n| {
+        facade.upstream.forward(
+            n,
+            method.clone(),
+            path_and_query,
+            content_type.clone(),
+            body.clone(),
+        )
+    }))
+    .await;
+    Some((nodes, answers))
+}
+
+/// The first node that took a request sent to every node, if any did.
+fn accepted(answers: &[Result<RawResponse, AriError>]) -> Option<usize> {
+    answers
+        .iter()
+        .position(|a| matches!(a, Ok(r) if (200..300).contains(&r.status)))
+}
+
+/// The answer to a request sent to every node: applied where any node took it (a node that
+/// refused, say one that has not registered the app yet, gets it from node_filter later),
+/// that node's answer; otherwise the first node's.
+fn all_nodes_answer(
+    answers: Vec<Result<RawResponse, AriError>>,
+    accepted: Option<usize>,
+) -> Result<RawResponse, AriError> {
+    answers
+        .into_iter()
+        .nth(accepted.unwrap_or(0))
+        .unwrap_or_else(|| Err(AriError::Unavailable("no node answered".into())))
+}
+
+/// `PUT /applications/{app}/eventFilter` for a held name: the nodes get the client's filter
+/// widened by the host's kinds, whose events the host needs whatever the client wants to
+/// hear (see `filter`); the host remembers the client's own, which it delivers by and shows.
+async fn set_client_filter(facade: &Facade, request: HeldAppRequest<'_>) -> Response {
+    // One change to a name's settings at a time: what is remembered follows the order in
+    // which the nodes took the changes (and node_filter never interleaves with one).
+    let lock = facade.external.settings_lock(request.app);
+    let _turn = lock.lock().await;
+    let entity = Entity::read(request.content_type.as_ref(), &request.body);
+    let (content_type, body) = match entity.for_nodes() {
+        Some(for_nodes) => (
+            Some(HeaderValue::from_static("application/json")),
+            Bytes::from(for_nodes.to_string()),
+        ),
+        None => (request.content_type.clone(), request.body.clone()),
+    };
+    let Some((_, answers)) = request.forward(facade, content_type, body).await else {
+        return placement_error(PlacementError::NoNode);
+    };
+    let accepted = accepted(&answers);
+    let mut answer = all_nodes_answer(answers, accepted);
+    // What the nodes now hold (a body may change one list only, or one before it is
+    // refused with 400), set again on nodes that (re)connect later (node_filter). Nothing
+    // changed where every node lacks the app.
+    let taken = matches!(&answer, Ok(r) if accepted.is_some() || r.status == 400);
+    if taken
+        && let Some(now) = facade.external.remember_filter(request.app, &entity)
+        && accepted.is_some()
+        && let Ok(r) = &mut answer
+        && let Ok(mut application) = serde_json::from_slice::<serde_json::Value>(&r.body)
+    {
+        now.show_in(&mut application);
+        r.body = Bytes::from(application.to_string());
+    }
+    answer.map_or_else(ari_error, pass_through)
+}
+
+/// `POST|DELETE /applications/{app}/subscription` for a held name: forwarded to every node;
+/// the `endpoint:` and `deviceState:` sources the app is then subscribed to are remembered
+/// for nodes that (re)connect later (node_filter), as a node that took the request (or,
+/// when none did, one that refused it part-way) lists them: Asterisk takes a request's
+/// sources one by one and keeps those before a failure, and counts endpoint subscriptions.
+async fn set_client_subscription(facade: &Facade, request: HeldAppRequest<'_>) -> Response {
+    let lock = facade.external.settings_lock(request.app);
+    let _turn = lock.lock().await;
+    let Some((nodes, answers)) = request
+        .forward(facade, request.content_type.clone(), request.body.clone())
+        .await
+    else {
+        return placement_error(PlacementError::NoNode);
+    };
+    let accepted = accepted(&answers);
+    let refused_at = answers
+        .iter()
+        .position(|a| matches!(a, Ok(r) if r.status == 400 || r.status == 422));
+    let mut answer = all_nodes_answer(answers, accepted);
+    let application = match (accepted, refused_at, &answer) {
+        (Some(_), _, Ok(r)) => serde_json::from_slice::<serde_json::Value>(&r.body).ok(),
+        (None, Some(i), _) => facade
+            .upstream
+            .forward(
+                &nodes[i],
+                Method::GET,
+                &format!("/applications/{}", request.app),
+                None,
+                Bytes::new(),
+            )
+            .await
+            .ok()
+            .filter(|r| r.status == 200)
+            .and_then(|r| serde_json::from_slice(&r.body).ok()),
+        _ => None,
+    };
+    if let Some(application) = application {
+        let sources = event_sources(request.query, request.content_type.as_ref(), &request.body);
+        facade
+            .external
+            .remember_subscription(request.app, &sources, &application);
+    }
+    // The answer shows the client's own filter, not the widened one the nodes hold.
+    if accepted.is_some()
+        && let Ok(r) = &mut answer
+    {
+        *r = show_client_filters(facade, &format!("/applications/{}", request.app), r.clone());
+    }
+    answer.map_or_else(ari_error, pass_through)
+}
+
+/// The event sources of a subscription request: its `eventSource` parameter (comma
+/// separated; the last one, as Asterisk reads it), else the JSON body's (a string or an
+/// array of strings), as Asterisk accepts either.
+fn event_sources(query: &str, content_type: Option<&HeaderValue>, body: &[u8]) -> Vec<String> {
+    let from_query = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
         .unwrap_or_default()
         .into_iter()
         .rev()
-        .find_map(|(k, v)| (k == "eventSource").then_some(v))
-        .unwrap_or_default()
+        .find_map(|(k, v)| (k == "eventSource").then_some(v));
+    let list = match from_query {
+        Some(list) => list,
+        None => match Entity::read(content_type, body) {
+            Entity::Json(json) => match &json["eventSource"] {
+                serde_json::Value::String(list) => list.clone(),
+                serde_json::Value::Array(items) => items
+                    .iter()
+                    .filter_map(|v| v.as_str())
+                    .collect::<Vec<_>>()
+                    .join(","),
+                _ => String::new(),
+            },
+            _ => String::new(),
+        },
+    };
+    list.split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 /// A node's answer to `GET /applications[/{app}]` shows the filters the nodes hold; a

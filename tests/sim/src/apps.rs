@@ -224,7 +224,10 @@ impl NodeState {
     /// not exist (`endpoint_exists`), or unsubscribing from a source the app is not subscribed
     /// to → 422 `Event source does not exist`. An endpoint subscription is counted
     /// (`++forwards->interested`): subscribed twice, it takes two unsubscribes. A device's is
-    /// not (`subscribe_device_state` does nothing when subscribed already).
+    /// not (`subscribe_device_state` does nothing when subscribed already). Asterisk counts
+    /// channel and bridge subscriptions too (a channel in Stasis counts once for its app);
+    /// here those are a set, and unsubscribing an app from its own Stasis channel changes
+    /// nothing.
     pub(crate) fn subscribe_api(
         &mut self,
         name: &str,

@@ -293,10 +293,11 @@ pub(crate) fn handle(
         ("GET", ["applications", app]) => st.get_app(app).map(Ok2::Json),
         ("POST" | "DELETE", ["applications", app, "subscription"]) => {
             let known = endpoint_list(node);
-            let exists = |id: &str| {
-                let (tech, resource) = id.split_once('/').unwrap_or((id, ""));
-                tech == "PJSIP"
-                    && (resource.is_empty() || known.iter().any(|e| e["resource"] == resource))
+            let exists = |id: &str| match id.split_once('/') {
+                None => id == "PJSIP",
+                Some((tech, resource)) => {
+                    tech == "PJSIP" && known.iter().any(|e| e["resource"] == resource)
+                }
             };
             st.subscribe_api(app, p, m == "POST", exists).map(Ok2::Json)
         }
