@@ -8,20 +8,23 @@
 #                                         # broker restart (every client connection drops; durable
 #                                         # exchanges/queues and persistent messages survive)
 #   bash scripts/rabbitmq.sh status       # exit 0 if running, 3 if not
-#   bash scripts/rabbitmq.sh env          # export lines for STASIS_TEST_AMQP_URL and
+#   bash scripts/rabbitmq.sh env          # export lines for STASIS_TEST_AMQP_URL,
+#                                         # STASIS_TEST_AMQPS_URL, STASIS_TEST_AMQPS_CA and
 #                                         # STASIS_TEST_RABBITMQ_NODE (eval "$(... env)")
 #   bash scripts/rabbitmq.sh ctl ARGS...  # rabbitmqctl on the node (right cookie, epmd, name)
 #
-# Overrides (environment): STASIS_RABBITMQ_PORT (5673), STASIS_RABBITMQ_DIST_PORT (25673),
-# STASIS_RABBITMQ_EPMD_PORT (24369), STASIS_RABBITMQ_DIR (target/rabbitmq),
-# STASIS_RABBITMQ_START_TIMEOUT (90 s). Set them the same for every call on one node (a second
-# node next to the default one needs all four).
+# Overrides (environment): STASIS_RABBITMQ_PORT (5673), STASIS_RABBITMQ_TLS_PORT (5674),
+# STASIS_RABBITMQ_DIST_PORT (25673), STASIS_RABBITMQ_EPMD_PORT (24369), STASIS_RABBITMQ_DIR
+# (target/rabbitmq), STASIS_RABBITMQ_START_TIMEOUT (90 s). Set them the same for every call on
+# one node (a second node next to the default one needs the first five).
 #
 # It can also be sourced (`. scripts/rabbitmq.sh`) for the function `stasis_rabbitmq <command>`;
 # sourcing changes no shell option and exports nothing. Works from any cwd: everything is
 # relative to this file's repository.
 #
-# The node: name stasis-test@localhost, AMQP port 5673 (STASIS_RABBITMQ_PORT overrides), Erlang
+# The node: name stasis-test@localhost, AMQP port 5673 (STASIS_RABBITMQ_PORT overrides), AMQP
+# over TLS (amqps) on 5674 with a certificate for 127.0.0.1 signed by a private CA that this
+# script makes with openssl on first start (target/rabbitmq/tls/ca.pem), Erlang
 # distribution port 25673 and a private epmd on 24369 (so stopping the node can stop its epmd
 # without touching a system RabbitMQ's), all bound to 127.0.0.1. Data, logs, config and the
 # Erlang cookie live under target/rabbitmq/ (HOME is set to target/rabbitmq/home for the server
@@ -41,6 +44,7 @@ _stasis_rmq_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 
 _stasis_rmq_setup() {
     _RMQ_PORT="${STASIS_RABBITMQ_PORT:-5673}"
+    _RMQ_TLS_PORT="${STASIS_RABBITMQ_TLS_PORT:-5674}"
     _RMQ_NODE="stasis-test@localhost"
     _RMQ_DIST_PORT="${STASIS_RABBITMQ_DIST_PORT:-25673}"
     _RMQ_EPMD_PORT="${STASIS_RABBITMQ_EPMD_PORT:-24369}"
@@ -162,6 +166,35 @@ _stasis_rmq_wait_port() {
     done
 }
 
+# The TLS listener's files: a private CA and a server certificate for 127.0.0.1 and localhost
+# (in subjectAltName, as rustls requires). Made once; kept across starts.
+_stasis_rmq_tls_files() {
+    local dir="$_RMQ_BASE/tls"
+    if [ -s "$dir/ca.pem" ] && [ -s "$dir/server.pem" ] && [ -s "$dir/server.key" ]; then
+        return 0
+    fi
+    command -v openssl >/dev/null 2>&1 || {
+        echo "rabbitmq: openssl is needed to make the TLS listener's certificate" >&2
+        return 1
+    }
+    mkdir -p "$dir" || return 1
+    (
+        cd "$dir" || exit 1
+        openssl req -x509 -newkey rsa:2048 -nodes -days 3650 -subj "/CN=stasis-test CA" \
+            -keyout ca.key -out ca.pem &&
+            openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+                -keyout server.key -out server.csr &&
+            printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >server.ext &&
+            openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial \
+                -days 3650 -extfile server.ext -out server.pem
+    ) >"$dir/openssl.log" 2>&1 || {
+        echo "rabbitmq: making the TLS certificate failed:" >&2
+        cat "$dir/openssl.log" >&2
+        rm -f "$dir/ca.pem" "$dir/server.pem"
+        return 1
+    }
+}
+
 _stasis_rmq_start() {
     _stasis_rmq_install || return 1
     if _stasis_rmq_running; then
@@ -178,6 +211,7 @@ _stasis_rmq_start() {
         return 1
     }
     mkdir -p "$_RMQ_BASE/home" "$_RMQ_BASE/mnesia" "$_RMQ_BASE/log" || return 1
+    _stasis_rmq_tls_files || return 1
     echo "[]." >"$_RMQ_BASE/enabled_plugins"
     : >"$_RMQ_BASE/rabbitmq-env.conf"
     cat >"$_RMQ_BASE/rabbitmq.conf" <<EOF
@@ -187,6 +221,13 @@ log.file.level = info
 log.console = false
 # CI disks can be small; the default 50MB limit is fine, keep it explicit.
 disk_free_limit.absolute = 50MB
+# AMQP over TLS, loopback only; clients are not asked for a certificate.
+listeners.ssl.1 = 127.0.0.1:$_RMQ_TLS_PORT
+ssl_options.cacertfile = $_RMQ_BASE/tls/ca.pem
+ssl_options.certfile = $_RMQ_BASE/tls/server.pem
+ssl_options.keyfile = $_RMQ_BASE/tls/server.key
+ssl_options.verify = verify_none
+ssl_options.fail_if_no_peer_cert = false
 EOF
     echo "[]." >"$_RMQ_BASE/advanced.config"
     rm -f "$_RMQ_PID_FILE"
@@ -272,6 +313,8 @@ _stasis_rmq_status() {
 
 _stasis_rmq_env() {
     echo "export STASIS_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$_RMQ_PORT/%2f"
+    echo "export STASIS_TEST_AMQPS_URL=amqps://guest:guest@127.0.0.1:$_RMQ_TLS_PORT/%2f"
+    echo "export STASIS_TEST_AMQPS_CA=$_RMQ_BASE/tls/ca.pem"
     echo "export STASIS_TEST_RABBITMQ_NODE=$_RMQ_NODE"
 }
 

@@ -228,6 +228,45 @@ async fn a_conference_over_amqp_spans_two_nodes_in_both_body_formats() {
     rig.stop().await;
 }
 
+/// `amqps://`: the intake reaches the broker over TLS, trusting its certificate through
+/// `[tls] ca_file`; without that CA it refuses the broker and says what to do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_is_reached_over_tls_when_its_ca_is_trusted() {
+    let _shared = BROKER.read().await;
+    let (url, ca) = stasis_e2e::amqps();
+    let untrusted =
+        stasis_host::amqp::connect_broker(&url, "stasis-test probe", &Default::default())
+            .await
+            .map(drop)
+            .unwrap_err();
+    assert!(
+        stasis_host::tls::advice(&untrusted).is_some_and(|a| a.contains("set [tls] ca_file")),
+        "{untrusted}"
+    );
+
+    let tls = format!("\n[tls]\nca_file = {:?}\n", ca.display().to_string());
+    let rig = AmqpRig::start_with(2, &url, &[conference()], &tls).await;
+    let calls = join(&rig.sim, &FOUR).await;
+    assert_eq!(rig.app("conf").live_calls(), 4);
+    // The broker's own view: the host's intake connection is a TLS one.
+    let connections = rabbitmqctl(&[
+        "list_connections",
+        "ssl",
+        "client_properties",
+        "--no-table-headers",
+    ]);
+    assert!(
+        connections
+            .lines()
+            .any(|l| l.starts_with("true") && l.contains("stasis-host intake")),
+        "{connections}"
+    );
+    hang_up(&rig.sim, &calls);
+    wait_for("every call ended", || rig.app("conf").live_calls() == 0).await;
+    nothing_left(&rig.sim).await;
+    rig.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_restart_mid_run_loses_no_call() {
     let _exclusive = BROKER.write().await;

@@ -279,6 +279,23 @@ pub fn amqp_url() -> String {
     )
 }
 
+/// The test broker's TLS listener (`amqps://` URL) and the CA file that signed its
+/// certificate: `scripts/test.sh` exports both.
+pub fn amqps() -> (String, std::path::PathBuf) {
+    let var = |name: &str| {
+        std::env::var(name)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .unwrap_or_else(|| {
+                panic!("the amqps test needs {name}: run it through scripts/test.sh, or set it")
+            })
+    };
+    (
+        var("STASIS_TEST_AMQPS_URL"),
+        var("STASIS_TEST_AMQPS_CA").into(),
+    )
+}
+
 /// A name (exchange, queue) no other test, in this or another test process, uses.
 pub fn unique(prefix: &str) -> String {
     static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);

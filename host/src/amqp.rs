@@ -137,7 +137,9 @@ pub async fn run_broker(
         match result {
             Err(AmqpError::Shutdown) => return,
             Err(e) => {
-                warn!(broker = %redact(&config.url), error = %e, "AMQP intake lost; reconnecting")
+                // A refused certificate (amqps://) says what to do about it.
+                let advice = crate::tls::advice(&e).unwrap_or_default();
+                warn!(broker = %redact(&config.url), error = %e, advice, "AMQP intake lost; reconnecting")
             }
             Ok(()) => {}
         }
@@ -147,6 +149,22 @@ pub async fn run_broker(
             _ = tx.closed() => return,
         }
     }
+}
+
+/// Opens a connection to the broker at `url` (`amqp://`, or `amqps://` with `tls`: see
+/// [`crate::tls::broker_config`]), named `name` in the broker's connection list.
+pub async fn connect_broker(
+    url: &str,
+    name: &str,
+    tls: &lapin::tcp::OwnedTLSConfig,
+) -> lapin::Result<Connection> {
+    let properties = ConnectionProperties::default().with_connection_name(name.into());
+    lapin::DefaultConnectionBuilder::new()?
+        .with_uri_str(url.to_string())
+        .with_properties(properties)
+        .with_tls_config(tls.clone())
+        .connect()
+        .await
 }
 
 /// One connection to the broker, from declaration to the first error.
@@ -171,9 +189,12 @@ impl Session<'_> {
         declared: &watch::Sender<u64>,
         gaps: &mut mpsc::UnboundedReceiver<Arc<Node>>,
     ) -> Result<(), AmqpError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name("stasis-host intake".into());
-        let connection = Connection::connect(&self.config.url, properties).await?;
+        let connection = connect_broker(
+            &self.config.url,
+            "stasis-host intake",
+            self.cluster.broker_tls(),
+        )
+        .await?;
         let result = self.consume(&connection, apps, declared, gaps).await;
         if matches!(result, Err(AmqpError::Shutdown)) {
             // Close explicitly: lapin keeps a dropped connection open, and RabbitMQ moves the
@@ -602,8 +623,8 @@ fn fingerprint(body: &[u8]) -> u64 {
 /// drops, many times over.
 const SEEN: usize = 1 << 16;
 
-/// The broker URL without its password, for logs.
-fn redact(url: &str) -> String {
+/// The broker URL without its password, for logs and errors.
+pub(crate) fn redact(url: &str) -> String {
     match reqwest::Url::parse(url) {
         Ok(mut u) if u.password().is_some() => {
             let _ = u.set_password(Some("***"));

@@ -46,7 +46,7 @@ use lapin::options::{
     ConfirmSelectOptions, QueueDeclareOptions, QueueDeleteOptions,
 };
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use serde::{Deserialize, Serialize};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -244,16 +244,6 @@ pub fn offset_of(headers: Option<&FieldTable>) -> Option<u64> {
     }
 }
 
-/// `amqp://user:secret@host:port/vhost` without the credentials, for messages.
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}{}", &url[..scheme + 3], &url[at + 1..])
-        }
-        _ => url.to_string(),
-    }
-}
-
 /// A connection and a publisher-confirm channel, kept between publishes.
 struct Publisher {
     _connection: Connection,
@@ -263,6 +253,7 @@ struct Publisher {
 /// The app stream of one broker: publish records, follow the log.
 pub struct AppStream {
     url: String,
+    tls: lapin::tcp::OwnedTLSConfig,
     stream: String,
     publisher: tokio::sync::Mutex<Option<Publisher>>,
     /// How many times the follower lost (or could not get) its connection.
@@ -270,13 +261,19 @@ pub struct AppStream {
 }
 
 impl AppStream {
-    /// The stream `stream` on the broker at `url` (nothing is connected yet).
-    pub fn new(url: &str, stream: &str) -> Result<Arc<AppStream>, AppStreamError> {
+    /// The stream `stream` on the broker at `url` (nothing is connected yet); `tls` for an
+    /// `amqps://` URL.
+    pub fn new(
+        url: &str,
+        stream: &str,
+        tls: lapin::tcp::OwnedTLSConfig,
+    ) -> Result<Arc<AppStream>, AppStreamError> {
         if stream.is_empty() || stream.len() > 255 || stream.starts_with("amq.") {
             return Err(AppStreamError::BadName(stream.to_string()));
         }
         Ok(Arc::new(AppStream {
             url: url.to_string(),
+            tls,
             stream: stream.to_string(),
             publisher: tokio::sync::Mutex::new(None),
             failures: tokio::sync::watch::channel(0).0,
@@ -315,13 +312,11 @@ impl AppStream {
     }
 
     async fn connect_now(&self, role: &str) -> Result<(Connection, Channel), AppStreamError> {
-        let properties = ConnectionProperties::default().with_connection_name(
-            format!("stasis-host {role} of app stream {}", self.stream).into(),
-        );
-        let connection = Connection::connect(&self.url, properties)
+        let name = format!("stasis-host {role} of app stream {}", self.stream);
+        let connection = crate::amqp::connect_broker(&self.url, &name, &self.tls)
             .await
             .map_err(|source| AppStreamError::Connect {
-                url: redact(&self.url),
+                url: crate::amqp::redact(&self.url),
                 source,
             })?;
         let channel = connection
@@ -704,21 +699,21 @@ mod tests {
     }
 
     #[test]
-    fn offsets_and_urls() {
+    fn offsets_and_names() {
         let mut headers = FieldTable::default();
         headers.insert("x-stream-offset".into(), AMQPValue::LongLongInt(42));
         assert_eq!(offset_of(Some(&headers)), Some(42));
         headers.insert("x-stream-offset".into(), AMQPValue::LongLongInt(-1));
         assert_eq!(offset_of(Some(&headers)), None);
         assert_eq!(offset_of(None), None);
+        assert!(AppStream::new("amqp://h", "", Default::default()).is_err());
+        assert!(AppStream::new("amqp://h", "amq.x", Default::default()).is_err());
+        assert!(AppStream::new("amqp://h", &"s".repeat(256), Default::default()).is_err());
         assert_eq!(
-            redact("amqp://guest:secret@10.0.0.1:5672/%2f"),
-            "amqp://10.0.0.1:5672/%2f"
+            AppStream::new("amqp://h", "apps", Default::default())
+                .unwrap()
+                .name(),
+            "apps"
         );
-        assert_eq!(redact("amqp://host/%2f"), "amqp://host/%2f");
-        assert!(AppStream::new("amqp://h", "").is_err());
-        assert!(AppStream::new("amqp://h", "amq.x").is_err());
-        assert!(AppStream::new("amqp://h", &"s".repeat(256)).is_err());
-        assert_eq!(AppStream::new("amqp://h", "apps").unwrap().name(), "apps");
     }
 }

@@ -317,7 +317,11 @@ impl Apps {
         };
         let replicated = match gateway.config.amqp.as_ref() {
             Some(amqp) if !amqp.apps_stream.is_empty() => Some(Replicated {
-                stream: AppStream::new(&amqp.url, &amqp.apps_stream)?,
+                stream: AppStream::new(
+                    &amqp.url,
+                    &amqp.apps_stream,
+                    gateway.cluster.broker_tls().clone(),
+                )?,
                 waiters: Mutex::new(HashMap::new()),
                 precompiled: Mutex::new(HashMap::new()),
                 on_disk: Mutex::new(BTreeMap::new()),

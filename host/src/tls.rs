@@ -1,4 +1,5 @@
-//! TLS to nodes: `https://` ARI URLs, and the `wss://` event sockets that go with them.
+//! TLS to nodes: `https://` ARI URLs, and the `wss://` event sockets that go with them; and
+//! to the RabbitMQ broker: `amqps://` URLs ([`broker_config`]).
 //!
 //! One client configuration for the whole cluster, shared by the request pools, the event
 //! sockets and the facade's pass-through: the nodes of one cluster are normally issued
@@ -78,6 +79,26 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
     Ok(Arc::new(config))
 }
 
+/// The TLS settings of `amqps://` broker connections (lapin's, through rustls with ring):
+/// the system's roots plus, as for nodes, the CA certificates of `ca_file`. The client
+/// needs no certificate of its own: the broker authenticates it by the URL's credentials.
+pub fn broker_config(ca_file: Option<&Path>) -> Result<lapin::tcp::OwnedTLSConfig, TlsError> {
+    let cert_chain = match ca_file {
+        Some(path) => {
+            read_ca_file(path)?;
+            Some(std::fs::read_to_string(path).map_err(|e| TlsError::CaFile {
+                path: path.to_owned(),
+                reason: e.to_string(),
+            })?)
+        }
+        None => None,
+    };
+    Ok(lapin::tcp::OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    })
+}
+
 /// What to do about a certificate the host refused, for error messages: the reason rustls
 /// gives (`UnknownIssuer`, `NotValidForName`) says what, not why.
 pub fn advice(error: &(dyn std::error::Error + 'static)) -> Option<&'static str> {
@@ -96,17 +117,18 @@ pub fn advice(error: &(dyn std::error::Error + 'static)) -> Option<&'static str>
         if let Some(rustls::Error::InvalidCertificate(cert)) = e.downcast_ref::<rustls::Error>() {
             return Some(match cert {
                 UnknownIssuer => {
-                    "the node's certificate is not signed by a CA the host trusts: \
+                    "the certificate is not signed by a CA the host trusts: \
                      set [tls] ca_file to the CA that signed it"
                 }
                 NotValidForName | NotValidForNameContext { .. } => {
-                    "the node's certificate must name the host of its ari_url in its \
-                     subjectAltName; a CN alone, as Asterisk's ast_tls_cert makes, is not enough"
+                    "the certificate must name the host of the URL (a node's ari_url, \
+                     amqp.url) in its subjectAltName; a CN alone, as Asterisk's ast_tls_cert \
+                     makes, is not enough"
                 }
                 Expired | ExpiredContext { .. } | NotValidYet | NotValidYetContext { .. } => {
-                    "the node's certificate is outside its validity period"
+                    "the certificate is outside its validity period"
                 }
-                _ => "the node's certificate was refused",
+                _ => "the certificate was refused",
             });
         }
         source = e.source();
