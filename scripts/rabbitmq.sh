@@ -198,8 +198,13 @@ _stasis_rmq_tls_files() {
 _stasis_rmq_start() {
     _stasis_rmq_install || return 1
     if _stasis_rmq_running; then
-        echo "rabbitmq: $_RMQ_NODE already running (amqp://127.0.0.1:$_RMQ_PORT)"
-        return 0
+        if (exec 3<>"/dev/tcp/127.0.0.1/$_RMQ_TLS_PORT") 2>/dev/null && [ -s "$_RMQ_BASE/tls/ca.pem" ]; then
+            echo "rabbitmq: $_RMQ_NODE already running (amqp://127.0.0.1:$_RMQ_PORT)"
+            return 0
+        fi
+        # Started by an older version of this script: no TLS listener yet.
+        echo "rabbitmq: $_RMQ_NODE runs without its TLS listener; restarting it"
+        _stasis_rmq_stop || return 1
     fi
     if _stasis_rmq_port_open; then
         echo "rabbitmq: port $_RMQ_PORT is already in use by something else" >&2
@@ -312,10 +317,11 @@ _stasis_rmq_status() {
 }
 
 _stasis_rmq_env() {
-    echo "export STASIS_TEST_AMQP_URL=amqp://guest:guest@127.0.0.1:$_RMQ_PORT/%2f"
-    echo "export STASIS_TEST_AMQPS_URL=amqps://guest:guest@127.0.0.1:$_RMQ_TLS_PORT/%2f"
-    echo "export STASIS_TEST_AMQPS_CA=$_RMQ_BASE/tls/ca.pem"
-    echo "export STASIS_TEST_RABBITMQ_NODE=$_RMQ_NODE"
+    # %q: safe to eval whatever the paths hold.
+    printf 'export STASIS_TEST_AMQP_URL=%q\n' "amqp://guest:guest@127.0.0.1:$_RMQ_PORT/%2f"
+    printf 'export STASIS_TEST_AMQPS_URL=%q\n' "amqps://guest:guest@127.0.0.1:$_RMQ_TLS_PORT/%2f"
+    printf 'export STASIS_TEST_AMQPS_CA=%q\n' "$_RMQ_BASE/tls/ca.pem"
+    printf 'export STASIS_TEST_RABBITMQ_NODE=%q\n' "$_RMQ_NODE"
 }
 
 # stasis_rabbitmq start|stop|restart|restart-app|status|env|ctl ARGS... (rabbitmqctl on the node)

@@ -13,6 +13,8 @@ cd "$(dirname "$0")/.."
 if [ -z "${STASIS_TEST_AMQP_URL:-}" ]; then
     if bash scripts/rabbitmq.sh status >/dev/null 2>&1; then
         echo "rabbitmq: using the test node that is already running (not stopping it)"
+        # (Restarts it if an older scripts/rabbitmq.sh started it without a TLS listener.)
+        bash scripts/rabbitmq.sh start
     else
         trap 'bash scripts/rabbitmq.sh stop || true' EXIT
         bash scripts/rabbitmq.sh start

@@ -699,10 +699,10 @@ async fn endpoint_and_device_subscriptions_are_set_again_on_a_node_that_restarts
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(on_node("b").await, device_only);
 
-    // Subscribed twice, unsubscribed once: Asterisk still sends the endpoint's events, so a
-    // node that restarts gets it again. A request every node refuses part-way (the unknown
-    // endpoint) still subscribed the app to the device before it.
-    for _ in 0..2 {
+    // Subscribed three times, unsubscribed once: Asterisk counts, and still sends the
+    // endpoint's events, so a node that restarts gets it again, twice. A request every node
+    // refuses part-way (the unknown endpoint) still subscribed the app to the device before it.
+    for _ in 0..3 {
         let (status, body) = rig
             .request(
                 reqwest::Method::POST,
@@ -732,7 +732,28 @@ async fn endpoint_and_device_subscriptions_are_set_again_on_a_node_that_restarts
     assert_eq!(on_node("a").await, kept);
     b.kill().await;
     b.revive().await.expect("node b back");
-    wait_on("b", kept).await;
+    wait_on("b", kept.clone()).await;
+    // Two more unsubscribes end it on both nodes; a third is refused, as nothing is left.
+    for _ in 0..2 {
+        let (status, _) = rig
+            .request(
+                reqwest::Method::DELETE,
+                "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous",
+            )
+            .await;
+        assert_eq!(status, 200);
+    }
+    let devices = (serde_json::json!([]), kept.1.clone());
+    for node in ["a", "b"] {
+        assert_eq!(on_node(node).await, devices, "node {node}");
+    }
+    let (status, _) = rig
+        .request(
+            reqwest::Method::DELETE,
+            "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous",
+        )
+        .await;
+    assert_eq!(status, 422);
     rig.stop().await;
 }
 

@@ -150,7 +150,7 @@ fn refused(result: Result<Value, ClientError>) -> (u16, String) {
 
 /// The app changes in the log, in order (the replicas' start-up barriers left out).
 async fn logged_changes(url: &str, stream: &str) -> Vec<String> {
-    let history = AppStream::new(url, stream, Default::default())
+    let history = AppStream::new(url, stream, stasis_host::tls::client_config(None).unwrap())
         .unwrap()
         .history(Duration::from_millis(700))
         .await
@@ -167,7 +167,7 @@ async fn logged_changes(url: &str, stream: &str) -> Vec<String> {
 }
 
 async fn delete_stream(url: &str, stream: &str) {
-    AppStream::new(url, stream, Default::default())
+    AppStream::new(url, stream, stasis_host::tls::client_config(None).unwrap())
         .unwrap()
         .delete()
         .await
@@ -457,7 +457,12 @@ async fn a_component_of_tens_of_megabytes_travels_through_the_stream() {
     let _broker = BROKER.read().await;
     let url = amqp_url();
     let stream = unique_stream("large");
-    let log = AppStream::new(&url, &stream, Default::default()).unwrap();
+    let log = AppStream::new(
+        &url,
+        &stream,
+        stasis_host::tls::client_config(None).unwrap(),
+    )
+    .unwrap();
     let body: Vec<u8> = (0..24u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();

@@ -151,20 +151,37 @@ pub async fn run_broker(
     }
 }
 
-/// Opens a connection to the broker at `url` (`amqp://`, or `amqps://` with `tls`: see
-/// [`crate::tls::broker_config`]), named `name` in the broker's connection list.
+/// Opens a connection to the broker at `url`, named `name` in the broker's connection list:
+/// `amqp://`, or `amqps://` through `tls`, the same rustls client configuration (and so the
+/// same trust: system roots plus `[tls] ca_file`) as connections to nodes.
 pub async fn connect_broker(
     url: &str,
     name: &str,
-    tls: &lapin::tcp::OwnedTLSConfig,
+    tls: &Arc<rustls::ClientConfig>,
 ) -> lapin::Result<Connection> {
+    use lapin::tcp::{AsyncTcpStream, RustlsConnector};
+    use lapin::uri::{AMQPScheme, AMQPUri};
+    let uri: AMQPUri = url
+        .parse()
+        .map_err(|e: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
     let properties = ConnectionProperties::default().with_connection_name(name.into());
-    lapin::DefaultConnectionBuilder::new()?
-        .with_uri_str(url.to_string())
-        .with_properties(properties)
-        .with_tls_config(tls.clone())
-        .connect()
-        .await
+    let connector = RustlsConnector::from(tls.clone());
+    let runtime = lapin::runtime::default_runtime()?;
+    Connection::connector(
+        uri,
+        runtime,
+        async move |uri, runtime| {
+            let host = uri.authority.host.clone();
+            let addrs = runtime.to_socket_addrs((host.clone(), uri.authority.port));
+            let stream = AsyncTcpStream::connect(&runtime, addrs).await?;
+            Ok(match uri.scheme {
+                AMQPScheme::AMQP => stream,
+                AMQPScheme::AMQPS => stream.into_rustls(&connector, &host).await?,
+            })
+        },
+        properties,
+    )
+    .await
 }
 
 /// One connection to the broker, from declaration to the first error.
@@ -189,12 +206,8 @@ impl Session<'_> {
         declared: &watch::Sender<u64>,
         gaps: &mut mpsc::UnboundedReceiver<Arc<Node>>,
     ) -> Result<(), AmqpError> {
-        let connection = connect_broker(
-            &self.config.url,
-            "stasis-host intake",
-            self.cluster.broker_tls(),
-        )
-        .await?;
+        let connection =
+            connect_broker(&self.config.url, "stasis-host intake", self.cluster.tls()).await?;
         let result = self.consume(&connection, apps, declared, gaps).await;
         if matches!(result, Err(AmqpError::Shutdown)) {
             // Close explicitly: lapin keeps a dropped connection open, and RabbitMQ moves the
@@ -630,7 +643,14 @@ pub(crate) fn redact(url: &str) -> String {
             let _ = u.set_password(Some("***"));
             u.to_string()
         }
-        _ => url.to_string(),
+        Ok(_) => url.to_string(),
+        // Unparsable (a password with an unencoded `#`, say): drop all before the last `@`.
+        Err(_) => match (url.find("://"), url.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***@{}", &url[..scheme + 3], &url[at + 1..])
+            }
+            _ => url.to_string(),
+        },
     }
 }
 
@@ -831,6 +851,12 @@ mod tests {
         assert_eq!(
             redact("amqp://user:secret@127.0.0.1:5673/%2f"),
             "amqp://user:***@127.0.0.1:5673/%2f"
+        );
+        // Not a URL (an unencoded `#` in the password): the credentials go all the same.
+        let odd = redact("amqps://user:se#cret@rabbit:5671/%2f");
+        assert!(
+            !odd.contains("se#cret") && odd.ends_with("@rabbit:5671/%2f"),
+            "{odd}"
         );
     }
 }

@@ -253,7 +253,7 @@ struct Publisher {
 /// The app stream of one broker: publish records, follow the log.
 pub struct AppStream {
     url: String,
-    tls: lapin::tcp::OwnedTLSConfig,
+    tls: Arc<rustls::ClientConfig>,
     stream: String,
     publisher: tokio::sync::Mutex<Option<Publisher>>,
     /// How many times the follower lost (or could not get) its connection.
@@ -266,7 +266,7 @@ impl AppStream {
     pub fn new(
         url: &str,
         stream: &str,
-        tls: lapin::tcp::OwnedTLSConfig,
+        tls: Arc<rustls::ClientConfig>,
     ) -> Result<Arc<AppStream>, AppStreamError> {
         if stream.is_empty() || stream.len() > 255 || stream.starts_with("amq.") {
             return Err(AppStreamError::BadName(stream.to_string()));
@@ -698,6 +698,10 @@ mod tests {
         assert!(decode(rollback.headers().as_ref(), b"x").is_err());
     }
 
+    fn tls() -> Arc<rustls::ClientConfig> {
+        crate::tls::client_config(None).unwrap()
+    }
+
     #[test]
     fn offsets_and_names() {
         let mut headers = FieldTable::default();
@@ -706,13 +710,11 @@ mod tests {
         headers.insert("x-stream-offset".into(), AMQPValue::LongLongInt(-1));
         assert_eq!(offset_of(Some(&headers)), None);
         assert_eq!(offset_of(None), None);
-        assert!(AppStream::new("amqp://h", "", Default::default()).is_err());
-        assert!(AppStream::new("amqp://h", "amq.x", Default::default()).is_err());
-        assert!(AppStream::new("amqp://h", &"s".repeat(256), Default::default()).is_err());
+        assert!(AppStream::new("amqp://h", "", tls()).is_err());
+        assert!(AppStream::new("amqp://h", "amq.x", tls()).is_err());
+        assert!(AppStream::new("amqp://h", &"s".repeat(256), tls()).is_err());
         assert_eq!(
-            AppStream::new("amqp://h", "apps", Default::default())
-                .unwrap()
-                .name(),
+            AppStream::new("amqp://h", "apps", tls()).unwrap().name(),
             "apps"
         );
     }

@@ -320,7 +320,7 @@ impl Apps {
                 stream: AppStream::new(
                     &amqp.url,
                     &amqp.apps_stream,
-                    gateway.cluster.broker_tls().clone(),
+                    gateway.cluster.tls().clone(),
                 )?,
                 waiters: Mutex::new(HashMap::new()),
                 precompiled: Mutex::new(HashMap::new()),

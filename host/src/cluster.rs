@@ -89,14 +89,12 @@ pub struct Cluster {
     by_name: BTreeMap<String, Arc<Node>>,
     by_id: RwLock<HashMap<String, String>>,
     tls: Arc<rustls::ClientConfig>,
-    broker_tls: lapin::tcp::OwnedTLSConfig,
 }
 
 impl Cluster {
     /// Fails only when the TLS configuration cannot be built (see `tls`).
     pub fn from_config(config: &Config) -> Result<Cluster, TlsError> {
         let tls = crate::tls::client_config(config.tls.ca_file.as_deref())?;
-        let broker_tls = crate::tls::broker_config(config.tls.ca_file.as_deref())?;
         let by_name = config
             .nodes
             .iter()
@@ -124,18 +122,13 @@ impl Cluster {
             by_name,
             by_id: RwLock::new(HashMap::new()),
             tls,
-            broker_tls,
         })
     }
 
-    /// The TLS client configuration of every connection to a node.
+    /// The TLS client configuration of every connection to a node, and to an `amqps://`
+    /// broker.
     pub fn tls(&self) -> &Arc<rustls::ClientConfig> {
         &self.tls
-    }
-
-    /// The TLS settings of `amqps://` connections to the broker (same trust as for nodes).
-    pub fn broker_tls(&self) -> &lapin::tcp::OwnedTLSConfig {
-        &self.broker_tls
     }
 
     pub fn node(&self, name: &str) -> Option<&Arc<Node>> {

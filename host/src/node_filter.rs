@@ -29,11 +29,13 @@
 //!
 //! The other half of what a node sends an app is its subscriptions. A facade client's
 //! `endpoint:` and `deviceState:` subscriptions (`POST /applications/{app}/subscription`)
-//! outlive calls, so they are kept like its filter and set again, on every node, where a
-//! (re)connected node lacks them. What the node has is read first (`GET
-//! /applications/{app}`): a node that only reconnected keeps its subscriptions, and Asterisk
-//! counts endpoint subscriptions, so sending one twice would take the client two
-//! unsubscribes to end it.
+//! outlive calls, so they are kept like its filter and checked on every node after each
+//! (re)connect and each change (a node may have missed the facade's forward: it was still
+//! connecting, or the request to it failed), subscribing where the node lacks one. What the
+//! node has is read first (`GET /applications/{app}`): a node that only reconnected keeps its
+//! subscriptions, and Asterisk counts endpoint subscriptions, so sending one again would take
+//! the client one more unsubscribe to end it. A restarted node is subscribed as many times
+//! as the client subscribed.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -149,9 +151,10 @@ pub async fn run_node(
         }
         // Set on this connection of the node (a reconnect may be a restarted node).
         let mut applied: HashMap<String, NodeFilter> = HashMap::new();
-        // Held names whose subscriptions this connection has yet to check: those held when
-        // it came up. Later changes the facade forwards to every node itself.
-        let mut unchecked: Option<BTreeSet<String>> = None;
+        // Held names' subscriptions as last checked on this connection. A change is checked
+        // again (the facade forwards it to every node, but a node may have missed it: it was
+        // connecting, or the request to it failed).
+        let mut checked: HashMap<String, BTreeMap<String, u32>> = HashMap::new();
         let mut retry_in = RETRY;
         loop {
             let settings = clients.borrow_and_update().clone();
@@ -198,12 +201,14 @@ pub async fn run_node(
                 }
             }
             // Facade clients' subscriptions, where this connection of the node lacks them.
-            let names = unchecked.get_or_insert_with(|| settings.keys().cloned().collect());
-            names.retain(|name| settings.contains_key(name));
-            for name in names.clone() {
-                match subscribe_missing(&node, &external, &name).await {
-                    Ok(()) => {
-                        names.remove(&name);
+            checked.retain(|name, _| settings.contains_key(name));
+            for (name, client) in &settings {
+                if checked.get(name) == Some(&client.sources) {
+                    continue;
+                }
+                match subscribe_missing(&node, &external, name).await {
+                    Ok(sources) => {
+                        checked.insert(name.clone(), sources);
                     }
                     Err(e) => {
                         debug!(node = %node.name, app = %name, error = %e, "subscriptions not set yet");
@@ -228,7 +233,7 @@ pub async fn run_node(
                     }
                     // Reconnected: set everything again.
                     applied.clear();
-                    unchecked = None;
+                    checked.clear();
                     retry_in = RETRY;
                 }
                 changed = changes.changed() => {
@@ -258,16 +263,18 @@ pub async fn run_node(
 }
 
 /// Subscribes `app` on `node` to those of its client's sources the node lacks (a restarted
-/// node has none, a reconnected one may have them all). Asterisk counts endpoint
-/// subscriptions, so one the node has is not sent again. A source the node refuses (422: an
-/// endpoint configured on other nodes only; 400) is left out for good; anything else is an
-/// error, to retry. Takes the name's settings lock: a change the client makes meanwhile
-/// waits, so a source it just removed is never set again.
+/// node has none, a reconnected one may have them all), as many times as the client did
+/// (Asterisk counts endpoint subscriptions); one the node has is not sent again. A source
+/// the node refuses (422: an endpoint configured on other nodes only; 400) is left out until
+/// the sources change or the node reconnects; anything else is an error, to retry. Takes
+/// the name's settings lock, across the node's requests: a change the client makes
+/// meanwhile waits, so a source it just removed is never set again. Returns the sources it
+/// checked.
 async fn subscribe_missing(
     node: &Node,
     external: &ExternalApps,
     app: &str,
-) -> Result<(), AriError> {
+) -> Result<BTreeMap<String, u32>, AriError> {
     let lock = external.settings_lock(app);
     let _turn = lock.lock().await;
     let sources = external
@@ -277,32 +284,35 @@ async fn subscribe_missing(
         .map(|s| s.sources.clone())
         .unwrap_or_default();
     if sources.is_empty() {
-        return Ok(());
+        return Ok(sources);
     }
     let path = format!("/applications/{app}");
     let application = node.client.call(Method::GET, &path, &[], None).await?;
     let application: serde_json::Value = serde_json::from_str(&application.body)
         .map_err(|e| AriError::Failed(format!("GET {path}: {e}")))?;
     let path = format!("{path}/subscription");
-    for source in sources
+    for (source, times) in sources
         .iter()
-        .filter(|s| !ClientSettings::listed(&application, s))
+        .filter(|(s, _)| !ClientSettings::listed(&application, s))
     {
         let query = [("eventSource".to_string(), source.clone())];
-        let response = node.client.send(Method::POST, &path, &query, None).await?;
-        match response.status {
-            200..=299 => {
-                info!(node = %node.name, %app, %source, "facade client's subscription set again")
-            }
-            400 | 422 => {
-                debug!(node = %node.name, %app, %source, status = response.status, "subscription not taken by this node")
-            }
-            status => {
-                return Err(AriError::from_status(status, response.body));
+        for _ in 0..*times {
+            let response = node.client.send(Method::POST, &path, &query, None).await?;
+            match response.status {
+                200..=299 => {
+                    info!(node = %node.name, %app, %source, "facade client's subscription set again")
+                }
+                400 | 422 => {
+                    debug!(node = %node.name, %app, %source, status = response.status, "subscription not taken by this node");
+                    break;
+                }
+                status => {
+                    return Err(AriError::from_status(status, response.body));
+                }
             }
         }
     }
-    Ok(())
+    Ok(sources)
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! TLS to nodes: `https://` ARI URLs, and the `wss://` event sockets that go with them; and
-//! to the RabbitMQ broker: `amqps://` URLs ([`broker_config`]).
+//! to the RabbitMQ broker: `amqps://` URLs (`amqp::connect_broker`).
 //!
 //! One client configuration for the whole cluster, shared by the request pools, the event
 //! sockets and the facade's pass-through: the nodes of one cluster are normally issued
@@ -77,26 +77,6 @@ pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<ClientConfig>, TlsErr
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(Arc::new(config))
-}
-
-/// The TLS settings of `amqps://` broker connections (lapin's, through rustls with ring):
-/// the system's roots plus, as for nodes, the CA certificates of `ca_file`. The client
-/// needs no certificate of its own: the broker authenticates it by the URL's credentials.
-pub fn broker_config(ca_file: Option<&Path>) -> Result<lapin::tcp::OwnedTLSConfig, TlsError> {
-    let cert_chain = match ca_file {
-        Some(path) => {
-            read_ca_file(path)?;
-            Some(std::fs::read_to_string(path).map_err(|e| TlsError::CaFile {
-                path: path.to_owned(),
-                reason: e.to_string(),
-            })?)
-        }
-        None => None,
-    };
-    Ok(lapin::tcp::OwnedTLSConfig {
-        identity: None,
-        cert_chain,
-    })
 }
 
 /// What to do about a certificate the host refused, for error messages: the reason rustls

@@ -11,7 +11,7 @@
 //! Names are one namespace: a name a wasm app serves cannot be held by an external client,
 //! and the app store refuses uploads under a held name ([`ExternalApps::holds`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -81,15 +81,23 @@ pub struct ClientSettings {
     /// client set one.
     pub filter: Option<serde_json::Value>,
     /// Its `endpoint:` and `deviceState:` subscriptions (`POST /applications/{app}/
-    /// subscription`). Channel and bridge ones are not kept: those live and die with their
-    /// node's channels and bridges.
-    pub sources: BTreeSet<String>,
+    /// subscription`), each with how many unsubscribes it takes to end it: Asterisk counts
+    /// endpoint subscriptions (`++forwards->interested`), not device ones (always 1).
+    /// Channel and bridge ones are not kept: those live and die with their node's channels
+    /// and bridges.
+    pub sources: BTreeMap<String, u32>,
 }
 
 impl ClientSettings {
-    /// An event source kept for the nodes (see [`ClientSettings::sources`]).
+    /// An event source kept for the nodes (see [`ClientSettings::sources`]). Not one with an
+    /// empty id ("every endpoint"), which Asterisk lists under an internal name.
     pub fn keeps(source: &str) -> bool {
-        source.starts_with("endpoint:") || source.starts_with("deviceState:")
+        matches!(source.split_once(':'), Some(("endpoint" | "deviceState", id)) if !id.is_empty())
+    }
+
+    /// Whether Asterisk counts subscriptions to `source`.
+    pub fn counted(source: &str) -> bool {
+        source.starts_with("endpoint:")
     }
 
     /// Whether an Application object (`GET /applications/{app}`, or the answer to a change)
@@ -183,14 +191,17 @@ impl ExternalApps {
         Some(holder.filter.clone())
     }
 
-    /// Remembers what a client's subscription change on `app` left, if a client holds `app`:
-    /// each of `sources` the nodes must keep ([`ClientSettings::keeps`]) is kept while
-    /// `application` (a node's Application object after the change) lists it. A source
-    /// subscribed several times (Asterisk counts endpoint subscriptions) is set again once.
+    /// Remembers what a client's subscription change on `app` left, if a client holds `app`.
+    /// `application` is a node's Application object after the change, and `taken` whether
+    /// that node took the whole request (else it refused it part-way). Each of `sources` the
+    /// nodes must keep ([`ClientSettings::keeps`]) is kept while `application` lists it; a
+    /// request taken whole counts an endpoint subscription up or down as Asterisk does.
     pub fn remember_subscription(
         &self,
         app: &str,
         sources: &[String],
+        subscribe: bool,
+        taken: bool,
         application: &serde_json::Value,
     ) {
         let holders = self.holders.read();
@@ -199,15 +210,21 @@ impl ExternalApps {
         }
         self.settings.send_if_modified(|settings| {
             let entry = settings.entry(app.to_string()).or_default();
-            let mut changed = false;
+            let before = entry.sources.clone();
             for source in sources.iter().filter(|s| ClientSettings::keeps(s)) {
-                changed |= if ClientSettings::listed(application, source) {
-                    entry.sources.insert(source.clone())
-                } else {
-                    entry.sources.remove(source)
+                if !ClientSettings::listed(application, source) {
+                    entry.sources.remove(source);
+                    continue;
+                }
+                let count = entry.sources.entry(source.clone()).or_insert(0);
+                *count = match (taken && ClientSettings::counted(source), subscribe) {
+                    (true, true) => *count + 1,
+                    // Still listed: the node counted more than the host knew of.
+                    (true, false) => count.saturating_sub(1).max(1),
+                    (false, _) => (*count).max(1),
                 };
             }
-            changed
+            entry.sources != before
         });
     }
 
@@ -329,9 +346,10 @@ impl ExternalApps {
             self.publish(&holders);
             // A released name's settings are forgotten (its filter cleared on the nodes by
             // node_filter).
+            // (Not a lock in use: a new holder's change must wait for one still running.)
             self.settings_locks
                 .lock()
-                .retain(|name, _| holders.contains_key(name));
+                .retain(|name, lock| holders.contains_key(name) || Arc::strong_count(lock) > 1);
             self.settings.send_if_modified(|settings| {
                 let before = settings.len();
                 settings.retain(|name, _| holders.contains_key(name));

@@ -347,9 +347,13 @@ async fn set_client_subscription(facade: &Facade, request: HeldAppRequest<'_>) -
     };
     if let Some(application) = application {
         let sources = event_sources(request.query, request.content_type.as_ref(), &request.body);
-        facade
-            .external
-            .remember_subscription(request.app, &sources, &application);
+        facade.external.remember_subscription(
+            request.app,
+            &sources,
+            request.method == Method::POST,
+            accepted.is_some(),
+            &application,
+        );
     }
     // The answer shows the client's own filter, not the widened one the nodes hold.
     if accepted.is_some()
@@ -360,31 +364,30 @@ async fn set_client_subscription(facade: &Facade, request: HeldAppRequest<'_>) -
     answer.map_or_else(ari_error, pass_through)
 }
 
-/// The event sources of a subscription request: its `eventSource` parameter (comma
-/// separated; the last one, as Asterisk reads it), else the JSON body's (a string or an
-/// array of strings), as Asterisk accepts either.
+/// The event sources of a subscription request, as Asterisk's generated
+/// `ast_ari_applications_subscribe_parse_body` reads them: a JSON body's `eventSource` (an
+/// array of sources, or one source) overrides the query's, whose last `eventSource` is a
+/// comma-separated list.
 fn event_sources(query: &str, content_type: Option<&HeaderValue>, body: &[u8]) -> Vec<String> {
-    let from_query = serde_urlencoded::from_str::<Vec<(String, String)>>(query)
+    if let Entity::Json(json) = Entity::read(content_type, body) {
+        match &json["eventSource"] {
+            serde_json::Value::String(source) => return vec![source.clone()],
+            serde_json::Value::Array(items) => {
+                return items
+                    .iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect();
+            }
+            _ => {}
+        }
+    }
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
         .unwrap_or_default()
         .into_iter()
         .rev()
-        .find_map(|(k, v)| (k == "eventSource").then_some(v));
-    let list = match from_query {
-        Some(list) => list,
-        None => match Entity::read(content_type, body) {
-            Entity::Json(json) => match &json["eventSource"] {
-                serde_json::Value::String(list) => list.clone(),
-                serde_json::Value::Array(items) => items
-                    .iter()
-                    .filter_map(|v| v.as_str())
-                    .collect::<Vec<_>>()
-                    .join(","),
-                _ => String::new(),
-            },
-            _ => String::new(),
-        },
-    };
-    list.split(',')
+        .find_map(|(k, v)| (k == "eventSource").then_some(v))
+        .unwrap_or_default()
+        .split(',')
         .filter(|s| !s.is_empty())
         .map(str::to_string)
         .collect()

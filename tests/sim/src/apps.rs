@@ -221,8 +221,8 @@ impl NodeState {
     /// as `app_handle_subscriptions` does it: the sources one by one, in order, stopping at
     /// the first that fails (those before it stay done). A scheme other than `channel:`,
     /// `bridge:`, `endpoint:` or `deviceState:` → 400; a channel, bridge or endpoint that does
-    /// not exist (`endpoint_exists`), or unsubscribing from a source the app is not subscribed
-    /// to → 422 `Event source does not exist`. An endpoint subscription is counted
+    /// not exist (`endpoint_exists`) → 422 `Event source does not exist`; unsubscribing from a
+    /// source the app is not subscribed to → 422 `Event source was not subscribed to`. An endpoint subscription is counted
     /// (`++forwards->interested`): subscribed twice, it takes two unsubscribes. A device's is
     /// not (`subscribe_device_state` does nothing when subscribed already). Asterisk counts
     /// channel and bridge subscriptions too (a channel in Stasis counts once for its app);
@@ -244,13 +244,20 @@ impl NodeState {
             .ok_or_else(|| AriError::msg(400, "Missing parameter eventSource"))?
             .to_string();
         let missing = || AriError::msg(422, "Event source does not exist");
+        let not_subscribed = || AriError::msg(422, "Event source was not subscribed to");
         for src in sources.split(',') {
             let Some((kind, id)) = src.split_once(':') else {
                 return Err(AriError::msg(400, "Invalid event source URI scheme"));
             };
             match kind {
                 "channel" => {
-                    let ch = self.channels.get_mut(id).ok_or_else(missing)?;
+                    let Some(ch) = self.channels.get_mut(id) else {
+                        return Err(if subscribe {
+                            missing()
+                        } else {
+                            not_subscribed()
+                        });
+                    };
                     let subscribed =
                         ch.apps.contains(&key) || ch.stasis.as_ref().is_some_and(|s| s.app == key);
                     if subscribe {
@@ -260,11 +267,17 @@ impl NodeState {
                     } else if subscribed {
                         ch.apps.retain(|a| *a != key);
                     } else {
-                        return Err(missing());
+                        return Err(not_subscribed());
                     }
                 }
                 "bridge" => {
-                    let b = self.bridges.get_mut(id).ok_or_else(missing)?;
+                    let Some(b) = self.bridges.get_mut(id) else {
+                        return Err(if subscribe {
+                            missing()
+                        } else {
+                            not_subscribed()
+                        });
+                    };
                     if subscribe {
                         if !b.apps.contains(&key) {
                             b.apps.push(key.clone());
@@ -272,7 +285,7 @@ impl NodeState {
                     } else if b.apps.contains(&key) {
                         b.apps.retain(|a| *a != key);
                     } else {
-                        return Err(missing());
+                        return Err(not_subscribed());
                     }
                 }
                 "endpoint" => {
@@ -284,7 +297,7 @@ impl NodeState {
                         app.endpoints.push(id.to_string());
                     } else {
                         let at = app.endpoints.iter().position(|e| e == id);
-                        app.endpoints.remove(at.ok_or_else(missing)?);
+                        app.endpoints.remove(at.ok_or_else(not_subscribed)?);
                     }
                 }
                 "deviceState" => {
@@ -296,7 +309,7 @@ impl NodeState {
                         (false, Some(at)) => {
                             app.devices.remove(at);
                         }
-                        (false, None) => return Err(missing()),
+                        (false, None) => return Err(not_subscribed()),
                     }
                 }
                 _ => return Err(AriError::msg(400, "Invalid event source URI scheme")),

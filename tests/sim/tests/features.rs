@@ -1051,7 +1051,10 @@ async fn subscriptions_go_source_by_source_and_endpoints_are_counted() {
     let (s, v) = api.ok("DELETE", &path("endpoint:PJSIP/trunk-b")).await;
     assert_eq!(
         (s, v),
-        (422, json!({"message": "Event source does not exist"}))
+        (
+            422,
+            json!({"message": "Event source was not subscribed to"})
+        )
     );
     c.shutdown().await;
 }
