@@ -3,7 +3,10 @@
 //! and `/ari/api-docs` for clients generated from the spec.
 //!
 //! The hot path does no JSON work: the body goes through as bytes, the node's answer comes
-//! back as bytes, and only creations have their answer parsed (to index the new id).
+//! back as bytes, and only creations have their answer parsed (to index the new id). The
+//! exceptions are an app's settings: a client's event filter and subscriptions on a name it
+//! holds ([`set_client_filter`], [`set_client_subscription`]), and `GET /applications`
+//! answers, which show the client's own filter rather than the widened one the nodes hold.
 
 use std::sync::Arc;
 
@@ -202,25 +205,6 @@ struct HeldAppRequest<'a> {
     body: Bytes,
 }
 
-impl HeldAppRequest<'_> {
-    /// Forwards the request to every usable node (`body` and `content_type` as given).
-    async fn forward(
-        &self,
-        facade: &Facade,
-        content_type: Option<HeaderValue>,
-        body: Bytes,
-    ) -> Option<NodeAnswers> {
-        forward_to_all(
-            facade,
-            &self.method,
-            self.path_and_query,
-            content_type,
-            body,
-        )
-        .await
-    }
-}
-
 /// The usable nodes and, in the same order, their answers to one request.
 type NodeAnswers = (
     Vec<Arc<crate::cluster::Node>>,
@@ -288,7 +272,15 @@ async fn set_client_filter(facade: &Facade, request: HeldAppRequest<'_>) -> Resp
         ),
         None => (request.content_type.clone(), request.body.clone()),
     };
-    let Some((_, answers)) = request.forward(facade, content_type, body).await else {
+    let Some((_, answers)) = forward_to_all(
+        facade,
+        &request.method,
+        request.path_and_query,
+        content_type,
+        body,
+    )
+    .await
+    else {
         return placement_error(PlacementError::NoNode);
     };
     let accepted = accepted(&answers);
@@ -317,9 +309,14 @@ async fn set_client_filter(facade: &Facade, request: HeldAppRequest<'_>) -> Resp
 async fn set_client_subscription(facade: &Facade, request: HeldAppRequest<'_>) -> Response {
     let lock = facade.external.settings_lock(request.app);
     let _turn = lock.lock().await;
-    let Some((nodes, answers)) = request
-        .forward(facade, request.content_type.clone(), request.body.clone())
-        .await
+    let Some((nodes, answers)) = forward_to_all(
+        facade,
+        &request.method,
+        request.path_and_query,
+        request.content_type.clone(),
+        request.body.clone(),
+    )
+    .await
     else {
         return placement_error(PlacementError::NoNode);
     };
