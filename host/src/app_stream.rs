@@ -455,7 +455,9 @@ impl AppStream {
                 Err(e) => {
                     self.failures.send_modify(|n| *n += 1);
                     let delay = delays.next().unwrap_or(MAX_RECONNECT);
-                    warn!(stream = %self.stream, error = %e, resume_at = ?next, retry_ms = delay.as_millis() as u64,
+                    // A refused certificate (amqps://) says what to do about it.
+                    let advice = crate::tls::advice(&e).unwrap_or_default();
+                    warn!(stream = %self.stream, error = %e, advice, resume_at = ?next, retry_ms = delay.as_millis() as u64,
                         "app stream follower disconnected");
                     tokio::select! {
                         () = tokio::time::sleep(delay) => {}
