@@ -113,18 +113,47 @@ impl FacadeRig {
         (status, response.text().await.expect("body"))
     }
 
-    /// What the node answers directly, for comparison.
+    /// What the node answers directly, for comparison; status 0 while the node is away (a
+    /// restart resets pooled connections).
     async fn direct(&self, node: &str, path: &str) -> (u16, String) {
         let (user, pass) = self.sim.credentials();
-        let response = self
+        let Ok(response) = self
             .http
             .get(format!("{}{path}", self.node(node).ari_url()))
             .basic_auth(user, Some(pass))
             .send()
             .await
-            .expect("node answers");
+        else {
+            return (0, String::new());
+        };
         let status = response.status().as_u16();
-        (status, response.text().await.expect("body"))
+        (status, response.text().await.unwrap_or_default())
+    }
+
+    /// `app`'s Application object as `node` has it (its filter, its subscriptions); Null
+    /// while the node lacks the app or is away.
+    async fn application_on(&self, node: &str, app: &str) -> serde_json::Value {
+        let (_, body) = self.direct(node, &format!("/applications/{app}")).await;
+        serde_json::from_str(&body).unwrap_or_default()
+    }
+
+    /// Polls [`FacadeRig::application_on`] until `ready` holds (5 s at most); returns the
+    /// last object seen.
+    async fn wait_application(
+        &self,
+        node: &str,
+        app: &str,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut got = self.application_on(node, app).await;
+        for _ in 0..200 {
+            if ready(&got) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            got = self.application_on(node, app).await;
+        }
+        got
     }
 
     async fn stop(self) {
@@ -469,22 +498,9 @@ async fn event_filters_apply_on_every_node_and_the_hosts_apps_are_not_the_client
         .await
         .expect("wasm app loads");
     let mut socket = rig.events("ext").await;
-    let (user, pass) = rig.sim.credentials();
-    let filter_on = |node: &str, app: &str| {
-        let url = format!("{}/applications/{app}", rig.node(node).ari_url());
-        let (http, user, pass) = (rig.http.clone(), user.to_string(), pass.to_string());
-        async move {
-            let app: serde_json::Value = http
-                .get(url)
-                .basic_auth(user, Some(pass))
-                .send()
-                .await
-                .expect("node answers")
-                .json()
-                .await
-                .expect("application JSON");
-            app["events_allowed"].clone()
-        }
+    let filter_on = |node: &'static str, app: &'static str| {
+        let rig = &rig;
+        async move { rig.application_on(node, app).await["events_allowed"].clone() }
     };
     let put_filter = |app: &str| {
         rig.http
@@ -551,28 +567,22 @@ async fn event_filters_apply_on_every_node_and_the_hosts_apps_are_not_the_client
     let b = rig.node("b");
     b.kill().await;
     b.revive().await.expect("node b back");
-    let mut after = Vec::new();
-    for _ in 0..200 {
-        after = on_nodes(&filter_on("b", "ext").await);
-        if after == widened {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert_eq!(after, widened);
+    let after = rig
+        .wait_application("b", "ext", |app| {
+            on_nodes(&app["events_allowed"]) == widened
+        })
+        .await;
+    assert_eq!(on_nodes(&after["events_allowed"]), widened);
 
     // The host's apps are not the client's: a wasm app's filter and subscriptions, and the
     // trunk app's, stay as the host set them, on every node.
     // conf as both nodes have it (registered, and unfiltered until its first call tells the
     // host which events it wants): a client's filter would show in its lists.
-    let mut conf_before = (serde_json::Value::Null, serde_json::Value::Null);
-    for _ in 0..200 {
-        conf_before = (filter_on("a", "conf").await, filter_on("b", "conf").await);
-        if conf_before.0.is_array() && conf_before.1.is_array() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let registered = |app: &serde_json::Value| app["events_allowed"].is_array();
+    let conf_before = (
+        rig.wait_application("a", "conf", registered).await["events_allowed"].clone(),
+        rig.wait_application("b", "conf", registered).await["events_allowed"].clone(),
+    );
     assert!(
         conf_before.0.is_array() && conf_before.1.is_array(),
         "conf registered on both nodes: {conf_before:?}"
@@ -629,45 +639,36 @@ async fn event_filters_apply_on_every_node_and_the_hosts_apps_are_not_the_client
 async fn endpoint_and_device_subscriptions_are_set_again_on_a_node_that_restarts() {
     let rig = FacadeRig::start().await;
     let _socket = rig.events("ext").await;
-    let (user, pass) = rig.sim.credentials();
-    let on_node = |node: &str| {
-        let url = format!("{}/applications/ext", rig.node(node).ari_url());
-        let (http, user, pass) = (rig.http.clone(), user.to_string(), pass.to_string());
-        async move {
-            // Null while the node is away (a restart resets pooled connections).
-            let app: serde_json::Value =
-                match http.get(url).basic_auth(user, Some(pass)).send().await {
-                    Ok(response) => response.json().await.unwrap_or_default(),
-                    Err(_) => serde_json::Value::Null,
-                };
-            (app["endpoint_ids"].clone(), app["device_names"].clone())
-        }
+    let subscriptions =
+        |app: &serde_json::Value| (app["endpoint_ids"].clone(), app["device_names"].clone());
+    let on_node = |node: &'static str| {
+        let rig = &rig;
+        async move { subscriptions(&rig.application_on(node, "ext").await) }
     };
     let wait_on = |node: &'static str, want: (serde_json::Value, serde_json::Value)| {
-        let on_node = &on_node;
+        let rig = &rig;
         async move {
-            let mut got = on_node(node).await;
-            for _ in 0..200 {
-                if got == want {
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(25)).await;
-                got = on_node(node).await;
-            }
-            assert_eq!(got, want, "node {node}");
+            let got = rig
+                .wait_application(node, "ext", |app| subscriptions(app) == want)
+                .await;
+            assert_eq!(subscriptions(&got), want, "node {node}");
         }
+    };
+    let subscription = |method: reqwest::Method, sources: &str| {
+        let path = format!("/applications/ext/subscription?eventSource={sources}");
+        let rig = &rig;
+        async move { rig.request(method, &path).await }
     };
     let both = (
         serde_json::json!(["PJSIP/anonymous"]),
         serde_json::json!(["Custom:desk"]),
     );
 
-    let (status, body) = rig
-        .request(
-            reqwest::Method::POST,
-            "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous,deviceState:Custom:desk",
-        )
-        .await;
+    let (status, body) = subscription(
+        reqwest::Method::POST,
+        "endpoint:PJSIP/anonymous,deviceState:Custom:desk",
+    )
+    .await;
     assert_eq!(status, 200, "{body}");
     for node in ["a", "b"] {
         assert_eq!(on_node(node).await, both, "node {node}");
@@ -681,12 +682,7 @@ async fn endpoint_and_device_subscriptions_are_set_again_on_a_node_that_restarts
     wait_on("b", both.clone()).await;
     // One unsubscribe removes the endpoint everywhere: a node that kept it was not
     // subscribed twice.
-    let (status, body) = rig
-        .request(
-            reqwest::Method::DELETE,
-            "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous",
-        )
-        .await;
+    let (status, body) = subscription(reqwest::Method::DELETE, "endpoint:PJSIP/anonymous").await;
     assert_eq!(status, 200, "{body}");
     let device_only = (serde_json::json!([]), serde_json::json!(["Custom:desk"]));
     for node in ["a", "b"] {
@@ -703,27 +699,16 @@ async fn endpoint_and_device_subscriptions_are_set_again_on_a_node_that_restarts
     // endpoint's events, so a node that restarts gets it again, twice. A request every node
     // refuses part-way (the unknown endpoint) still subscribed the app to the device before it.
     for _ in 0..3 {
-        let (status, body) = rig
-            .request(
-                reqwest::Method::POST,
-                "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous",
-            )
-            .await;
+        let (status, body) = subscription(reqwest::Method::POST, "endpoint:PJSIP/anonymous").await;
         assert_eq!(status, 200, "{body}");
     }
-    let (status, _) = rig
-        .request(
-            reqwest::Method::DELETE,
-            "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous",
-        )
-        .await;
+    let (status, _) = subscription(reqwest::Method::DELETE, "endpoint:PJSIP/anonymous").await;
     assert_eq!(status, 200);
-    let (status, body) = rig
-        .request(
-            reqwest::Method::POST,
-            "/applications/ext/subscription?eventSource=deviceState:Custom:door,endpoint:PJSIP/nobody",
-        )
-        .await;
+    let (status, body) = subscription(
+        reqwest::Method::POST,
+        "deviceState:Custom:door,endpoint:PJSIP/nobody",
+    )
+    .await;
     assert_eq!(status, 422, "{body}");
     let kept = (
         serde_json::json!(["PJSIP/anonymous"]),
@@ -735,24 +720,14 @@ async fn endpoint_and_device_subscriptions_are_set_again_on_a_node_that_restarts
     wait_on("b", kept.clone()).await;
     // Two more unsubscribes end it on both nodes; a third is refused, as nothing is left.
     for _ in 0..2 {
-        let (status, _) = rig
-            .request(
-                reqwest::Method::DELETE,
-                "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous",
-            )
-            .await;
+        let (status, _) = subscription(reqwest::Method::DELETE, "endpoint:PJSIP/anonymous").await;
         assert_eq!(status, 200);
     }
     let devices = (serde_json::json!([]), kept.1.clone());
     for node in ["a", "b"] {
         assert_eq!(on_node(node).await, devices, "node {node}");
     }
-    let (status, _) = rig
-        .request(
-            reqwest::Method::DELETE,
-            "/applications/ext/subscription?eventSource=endpoint:PJSIP/anonymous",
-        )
-        .await;
+    let (status, _) = subscription(reqwest::Method::DELETE, "endpoint:PJSIP/anonymous").await;
     assert_eq!(status, 422);
     rig.stop().await;
 }
